@@ -1,0 +1,102 @@
+"""Tiny random-weight pipelines: build, save, reload offline through `from_pretrained`, generate."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from quantkit.models.tiny import (
+    LAYOUTS,
+    build_clip_tokenizer,
+    build_t5_tokenizer,
+    build_tiny_pipeline,
+    nonconforming_linears,
+    save_tiny_pipeline,
+    tiny_generation_defaults,
+)
+
+EXPECTED_CLASSES = {
+    "flux": ("FluxPipeline", "FluxTransformer2DModel"),
+    "sd3": ("StableDiffusion3Pipeline", "SD3Transformer2DModel"),
+    "pixart": ("PixArtSigmaPipeline", "PixArtTransformer2DModel"),
+}
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def saved(request, tmp_path_factory):
+    layout = request.param
+    return layout, save_tiny_pipeline(tmp_path_factory.mktemp(layout) / "pipe", layout=layout, seed=0)
+
+
+def test_reload_and_generate(saved):
+    from diffusers import DiffusionPipeline
+
+    layout, path = saved
+    pipe = DiffusionPipeline.from_pretrained(path)
+    pipeline_class, transformer_class = EXPECTED_CLASSES[layout]
+    assert type(pipe).__name__ == pipeline_class
+    assert type(pipe.transformer).__name__ == transformer_class
+    kwargs = tiny_generation_defaults(layout)
+    image = pipe("a red circle", generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).images
+    assert image.shape == (1, 32, 32, 3)
+    assert np.isfinite(image).all()
+    # saved defaults are the ones the function documents
+    assert json.loads((path / "generation_defaults.json").read_text()) == kwargs
+
+
+def test_size_and_linear_shapes(saved):
+    layout, path = saved
+    total = sum(f.stat().st_size for f in path.rglob("*.safetensors"))
+    assert 0.5e6 < total < 15e6, total
+    # every Linear fits bitsandbytes' 4-bit CPU kernel (in % 64, out % 32)
+    assert nonconforming_linears(build_tiny_pipeline(layout)) == []
+
+
+def test_nonconforming_linears_reports_offenders():
+    pipe = build_tiny_pipeline("flux")
+    pipe.transformer.x_embedder = torch.nn.Linear(16, 64)
+    assert nonconforming_linears(pipe) == [
+        {"component": "transformer", "name": "x_embedder", "in_features": 16, "out_features": 64}
+    ]
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    a = save_tiny_pipeline(tmp_path / "a", "flux", seed=3)
+    b = save_tiny_pipeline(tmp_path / "b", "flux", seed=3)
+    c = build_tiny_pipeline("flux", seed=4)
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        files_a = sorted((a / name).glob("*.safetensors"))
+        assert files_a and [f.read_bytes() for f in files_a] == [
+            f.read_bytes() for f in sorted((b / name).glob("*.safetensors"))
+        ]
+    w3 = build_tiny_pipeline("flux", seed=3).transformer.x_embedder.weight
+    assert not torch.equal(w3, c.transformer.x_embedder.weight)
+
+
+def test_dtype():
+    pipe = build_tiny_pipeline("flux", torch_dtype=torch.bfloat16)
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.text_encoder_2.dtype == torch.bfloat16
+
+
+def test_unknown_layout_message():
+    with pytest.raises(ValueError, match=r"Unknown layout 'sdxl'; choose one of 'flux', 'sd3', 'pixart'"):
+        build_tiny_pipeline("sdxl")
+
+
+def test_clip_tokenizer_wraps_prompt_and_pooled_output_differs():
+    tokenizer = build_clip_tokenizer()
+    ids = tokenizer("a small red circle on the left").input_ids
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert len(ids) == 9  # one token per word + BOS + EOS
+    pipe = build_tiny_pipeline("flux")
+    with torch.no_grad():
+        _, pooled, _ = pipe.encode_prompt(["a red circle", "a blue square"], prompt_2=None, max_sequence_length=16)
+    assert not torch.allclose(pooled[0], pooled[1])
+
+
+def test_t5_tokenizer_words_and_eos():
+    tokenizer = build_t5_tokenizer()
+    ids = tokenizer("a purple triangle at the bottom").input_ids
+    assert tokenizer.convert_ids_to_tokens(ids) == ["▁a", "▁purple", "▁triangle", "▁at", "▁the", "▁bottom", "</s>"]
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
