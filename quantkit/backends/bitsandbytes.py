@@ -1,0 +1,232 @@
+"""bitsandbytes 4-bit (NF4/FP4) and 8-bit (LLM.int8) adapters.
+
+diffusers refuses bitsandbytes without a GPU ("No GPU found"), but bitsandbytes >= 0.45 runs
+Linear4bit and Linear8bitLt on the CPU. quantkit builds the layers itself, so both run on CPU
+and CUDA. One CPU pitfall is fixed here: on CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a
+4-bit weight for a fast kernel at the first forward, and that repacking crashes unless
+in_features % 64 == 0 and out_features % 32 == 0; such layers get the portable kernel instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import register
+from .base import Backend, Option, dtype_name, to_torch_dtype
+
+_SKIP = Option(None, kind="list", aliases=("modules_to_not_convert",), doc="module names kept in full precision")
+BLOCKSIZE = 64  # bitsandbytes' default 4-bit block: one absmax per 64 weights
+
+
+class _BnB(Backend):
+    module = "bitsandbytes"
+    pip_spec = "bitsandbytes>=0.45"
+
+    @classmethod
+    def native_config(cls, kwargs: dict[str, Any], library: str):
+        if library == "diffusers":
+            from diffusers import BitsAndBytesConfig
+        else:
+            from transformers import BitsAndBytesConfig
+        return BitsAndBytesConfig(**cls._native_kwargs(kwargs))
+
+    @classmethod
+    def from_native(cls, config) -> dict[str, Any]:
+        out = {}
+        for name, opt in cls.options.items():
+            value = getattr(config, name, None)
+            if value is not None and value != opt.default:
+                out[name] = cls._check_value(name, value)
+        return out
+
+
+@register
+class BitsAndBytes4Bit(_BnB):
+    name = "bitsandbytes_4bit"
+    bits = "4-bit NF4/FP4 blocks of 64"
+    flags = {"load_in_4bit": True, "load_in_8bit": False}
+    options = {
+        "bnb_4bit_quant_type": Option("fp4", ("nf4", "fp4"), aliases=("quant_type",),
+                                      doc="4-bit code: nf4 (normal float, for normally distributed weights) or fp4"),
+        "bnb_4bit_compute_dtype": Option("float32", kind="dtype", aliases=("compute_dtype",),
+                                         doc="dtype the matmul runs in"),
+        "bnb_4bit_use_double_quant": Option(False, kind="bool", aliases=("use_double_quant",),
+                                            doc="quantize the absmax statistics too (saves ~0.4 bit/weight)"),
+        "bnb_4bit_quant_storage": Option("uint8", ("uint8", "float16", "bfloat16", "float32"),
+                                         aliases=("quant_storage",), doc="dtype the packed weights are stored in"),
+        "llm_int8_skip_modules": _SKIP,
+    }
+
+    @classmethod
+    def describe(cls, kwargs):
+        return cls.resolved(kwargs)["bnb_4bit_quant_type"]
+
+    @classmethod
+    def _native_kwargs(cls, kwargs):
+        r = cls.resolved(kwargs)
+        return {"load_in_4bit": True, "bnb_4bit_quant_type": r["bnb_4bit_quant_type"],
+                "bnb_4bit_compute_dtype": to_torch_dtype(r["bnb_4bit_compute_dtype"]),
+                "bnb_4bit_use_double_quant": r["bnb_4bit_use_double_quant"],
+                "bnb_4bit_quant_storage": r["bnb_4bit_quant_storage"],
+                "llm_int8_skip_modules": r["llm_int8_skip_modules"]}
+
+    @classmethod
+    def from_native(cls, config):
+        if getattr(config, "load_in_8bit", False):
+            raise ValueError("This BitsAndBytesConfig has load_in_8bit=True: it belongs to 'bitsandbytes_8bit'.")
+        out = super().from_native(config)
+        storage = getattr(config, "bnb_4bit_quant_storage", None)
+        if storage is not None:
+            storage = str(storage).removeprefix("torch.")
+            if storage != "uint8":
+                out["bnb_4bit_quant_storage"] = storage
+            else:
+                out.pop("bnb_4bit_quant_storage", None)
+        return out
+
+    @classmethod
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
+        r = cls.resolved(kwargs)
+        n = out_features * in_features
+        blocks = -(-n // BLOCKSIZE)
+        packed = -(-n // 2)
+        if r["bnb_4bit_use_double_quant"]:
+            # absmax as uint8 codes + one fp32 absmax per 256 blocks + 256-entry fp32 code + fp32 offset
+            stats = blocks + 4 * -(-blocks // 256) + 256 * 4 + 4
+        else:
+            stats = 4 * blocks
+        return packed + stats + 16 * 4  # + the 16-entry fp32 quantization map
+
+    @classmethod
+    def quantize_linear(cls, linear, kwargs, device):
+        import bitsandbytes as bnb
+        import torch
+
+        r = cls.resolved(kwargs)
+        new = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                compute_dtype=to_torch_dtype(r["bnb_4bit_compute_dtype"]),
+                                compress_statistics=r["bnb_4bit_use_double_quant"],
+                                quant_type=r["bnb_4bit_quant_type"],
+                                quant_storage=getattr(torch, r["bnb_4bit_quant_storage"]), device="meta")
+        new.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type=r["bnb_4bit_quant_type"],
+                                       compress_statistics=r["bnb_4bit_use_double_quant"],
+                                       quant_storage=getattr(torch, r["bnb_4bit_quant_storage"]),
+                                       module=new).to(device)
+        if linear.bias is not None:
+            new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+        _cpu_kernel_fix(new)
+        return new
+
+    @classmethod
+    def linear_state(cls, module):
+        # Linear4bit's own state dict undoes the CPU kernel's weight repacking, if a forward pass did it
+        return {k: v for k, v in module.state_dict().items()}, {}
+
+    @classmethod
+    def restore_linear(cls, linear, kwargs, tensors, meta, device):
+        import bitsandbytes as bnb
+        import torch
+
+        r = cls.resolved(kwargs)
+        new = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias="bias" in tensors,
+                                compute_dtype=to_torch_dtype(r["bnb_4bit_compute_dtype"]),
+                                quant_type=r["bnb_4bit_quant_type"], device="meta")
+        stats = {k.removeprefix("weight."): v for k, v in tensors.items() if k.startswith("weight.")}
+        new.weight = bnb.nn.Params4bit.from_prequantized(tensors["weight"], stats, device=device, module=new)
+        if "bias" in tensors:
+            new.bias = torch.nn.Parameter(tensors["bias"].to(device), requires_grad=False)
+        _cpu_kernel_fix(new)
+        return new
+
+
+def _quiet_cast_notice() -> None:
+    """bitsandbytes logs "inputs will be cast ... to float16" at *every* 8-bit matmul of a bf16 input
+    (thousands of lines per image); the cast is expected and documented, so that one notice is dropped."""
+    import logging
+
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(getattr(f, "quantkit", False) for f in logger.filters):
+        notice = logging.Filter()
+        notice.filter = lambda record: "inputs will be cast" not in record.getMessage()
+        notice.quantkit = True
+        logger.addFilter(notice)
+
+
+def _cpu_kernel_fix(layer) -> None:
+    """Route CPU layers whose shape the AVX512-BF16 repacking cannot take to the portable kernel."""
+    if layer.in_features % BLOCKSIZE or layer.out_features % 32:
+        layer.support_avx512bf16_for_cpu = False
+
+
+@register
+class BitsAndBytes8Bit(_BnB):
+    name = "bitsandbytes_8bit"
+    bits = "8-bit LLM.int8 (row-wise absmax)"
+    flags = {"load_in_8bit": True, "load_in_4bit": False}
+    options = {
+        "llm_int8_threshold": Option(6.0, kind="float", aliases=("threshold",),
+                                     doc="activations above this magnitude take a 16-bit path (outliers)"),
+        "llm_int8_has_fp16_weight": Option(False, kind="bool", doc="keep 16-bit weights too (training only)"),
+        "llm_int8_skip_modules": _SKIP,
+    }
+
+    @classmethod
+    def describe(cls, kwargs):
+        return "int8"
+
+    @classmethod
+    def _native_kwargs(cls, kwargs):
+        return {"load_in_8bit": True, **cls.resolved(kwargs)}
+
+    @classmethod
+    def from_native(cls, config):
+        if getattr(config, "load_in_4bit", False):
+            raise ValueError("This BitsAndBytesConfig has load_in_4bit=True: it belongs to 'bitsandbytes_4bit'.")
+        return super().from_native(config)
+
+    @classmethod
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
+        return out_features * in_features + 4 * out_features  # int8 weights + one fp32 scale (SCB) per row
+
+    @classmethod
+    def quantize_linear(cls, linear, kwargs, device):
+        import bitsandbytes as bnb
+        import torch
+
+        _quiet_cast_notice()
+        r = cls.resolved(kwargs)
+        new = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                  has_fp16_weights=r["llm_int8_has_fp16_weight"],
+                                  threshold=r["llm_int8_threshold"], device="meta")
+        new.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False,
+                                       has_fp16_weights=r["llm_int8_has_fp16_weight"]).to(device)
+        if linear.bias is not None:
+            new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+        return new
+
+    @classmethod
+    def linear_state(cls, module):
+        scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB  # moved to state at 1st call
+        tensors = {"weight": module.weight.data, "SCB": scb}
+        if module.bias is not None:
+            tensors["bias"] = module.bias.data
+        return tensors, {}
+
+    @classmethod
+    def restore_linear(cls, linear, kwargs, tensors, meta, device):
+        import bitsandbytes as bnb
+        import torch
+
+        r = cls.resolved(kwargs)
+        _quiet_cast_notice()
+        new = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias="bias" in tensors,
+                                  has_fp16_weights=False, threshold=r["llm_int8_threshold"], device="meta")
+        weight = bnb.nn.Int8Params(tensors["weight"].to(device), requires_grad=False, has_fp16_weights=False)
+        weight.CB, weight.SCB = weight.data, tensors["SCB"].to(device)  # what Int8Params.to() leaves after quantizing
+        new.weight = weight
+        if "bias" in tensors:
+            new.bias = torch.nn.Parameter(tensors["bias"].to(device), requires_grad=False)
+        return new
+
+
+__all__ = ["BitsAndBytes4Bit", "BitsAndBytes8Bit", "dtype_name"]

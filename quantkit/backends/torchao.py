@@ -1,0 +1,143 @@
+"""torchao adapter: weight-only and dynamic int8, float8, int4 (CUDA) as tensor subclasses.
+
+torchao configs are `AOBaseConfig` objects; diffusers' old string form (`TorchAoConfig("int8wo")`)
+now raises a TypeError upstream. quantkit accepts either a config object or one of the
+shortcuts below, which it turns into the object.
+"""
+
+from __future__ import annotations
+
+from ..errors import did_you_mean, one_of
+from . import register
+from .base import Backend, Option
+
+# shortcut -> (torchao config class, kwargs, needs CUDA, bits of a weight)
+SHORTCUTS: dict[str, tuple[str, dict, bool, int]] = {
+    "int8wo": ("Int8WeightOnlyConfig", {}, False, 8),
+    "int8dq": ("Int8DynamicActivationInt8WeightConfig", {}, False, 8),
+    "float8wo": ("Float8WeightOnlyConfig", {}, False, 8),
+    "float8dq": ("Float8DynamicActivationFloat8WeightConfig", {}, True, 8),
+    "int4wo": ("Int4WeightOnlyConfig", {"group_size": 128}, True, 4),
+}
+ALIASES = {"int8_weight_only": "int8wo", "int8_dynamic_activation_int8_weight": "int8dq",
+           "float8_weight_only": "float8wo", "float8_dynamic_activation_float8_weight": "float8dq",
+           "int4_weight_only": "int4wo"}
+_CLASS_TO_SHORTCUT = {cls: key for key, (cls, _, _, _) in SHORTCUTS.items()}
+
+
+def _is_aoconfig(value) -> bool:
+    return any(base.__name__ == "AOBaseConfig" for base in type(value).__mro__)
+
+
+@register
+class TorchAO(Backend):
+    name = "torchao"
+    module = "torchao"
+    pip_spec = "torchao>=0.15"
+    bits = "int8 / float8 / int4 tensor subclasses"
+    options = {
+        "quant_type": Option("int8wo", kind="torchao", doc="a shortcut (" + ", ".join(SHORTCUTS)
+                             + ") or a torchao AOBaseConfig object"),
+        "modules_to_not_convert": Option(None, kind="list", doc="module names kept in full precision"),
+    }
+
+    @classmethod
+    def _check_value(cls, name, value):
+        if name != "quant_type":
+            return super()._check_value(name, value)
+        if isinstance(value, str):
+            key = ALIASES.get(value, value)
+            if key not in SHORTCUTS:
+                raise ValueError(f"Unknown torchao quant_type {value!r}.{did_you_mean(value, [*SHORTCUTS, *ALIASES])}"
+                                 f" Use a shortcut ({one_of(SHORTCUTS)}) or a torchao config object such as "
+                                 "torchao.quantization.Int8WeightOnlyConfig().")
+            return key
+        if _is_aoconfig(value):
+            return value
+        raise TypeError(f"torchao quant_type must be a shortcut string ({one_of(SHORTCUTS)}) or a torchao "
+                        f"AOBaseConfig object, got {type(value).__name__}.")
+
+    @classmethod
+    def config_object(cls, kwargs):
+        """The torchao AOBaseConfig object these kwargs stand for."""
+        quant_type = cls.resolved(kwargs)["quant_type"]
+        if not isinstance(quant_type, str):
+            return quant_type
+        import torchao.quantization as tq
+
+        class_name, ctor_kwargs, _, _ = SHORTCUTS[quant_type]
+        return getattr(tq, class_name)(**ctor_kwargs)
+
+    @classmethod
+    def shortcut(cls, kwargs) -> str | None:
+        quant_type = cls.resolved(kwargs)["quant_type"]
+        return quant_type if isinstance(quant_type, str) else _CLASS_TO_SHORTCUT.get(type(quant_type).__name__)
+
+    @classmethod
+    def describe(cls, kwargs):
+        return cls.shortcut(kwargs) or type(cls.resolved(kwargs)["quant_type"]).__name__
+
+    @classmethod
+    def device_problem(cls, kwargs, device):
+        key = cls.shortcut(kwargs)
+        if key and SHORTCUTS[key][2] and not device.startswith("cuda"):
+            return (f"torchao {key!r} ({SHORTCUTS[key][0]}) needs a CUDA GPU (its CPU kernels are missing)",
+                    "on CPU use torchao 'int8wo', 'int8dq' or 'float8wo', quanto 'int4', bitsandbytes_4bit or "
+                    "gguf 'Q4_0'")
+        return None
+
+    @classmethod
+    def native_config(cls, kwargs, library):
+        r = cls.resolved(kwargs)
+        if library == "diffusers":
+            from diffusers import TorchAoConfig
+        else:
+            from transformers import TorchAoConfig
+        return TorchAoConfig(quant_type=cls.config_object(kwargs), modules_to_not_convert=r["modules_to_not_convert"])
+
+    @classmethod
+    def from_native(cls, config):
+        out = {"quant_type": config.quant_type}
+        if getattr(config, "modules_to_not_convert", None):
+            out["modules_to_not_convert"] = list(config.modules_to_not_convert)
+        return cls.normalize_kwargs(out)
+
+    @classmethod
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
+        key = cls.shortcut(kwargs)
+        n = out_features * in_features
+        if key == "int4wo":
+            return n // 2 + 2 * (n // 128) * dtype_bytes
+        if key in ("int8wo", "int8dq"):
+            return n + out_features * (4 + 1)  # int8 codes + fp32 scale + int8 zero point per row
+        return n + out_features * 4  # float8 codes + fp32 scale per row
+
+    @classmethod
+    def quantize_linear(cls, linear, kwargs, device):
+        from torchao.quantization import quantize_
+
+        quantize_(linear, cls.config_object(kwargs))
+        return linear
+
+    @classmethod
+    def linear_state(cls, module):
+        from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+        state = {f"layer.{k}": v for k, v in module.state_dict().items()}
+        tensors, metadata = flatten_tensor_state_dict(state)
+        return tensors, {"torchao": metadata}
+
+    @classmethod
+    def restore_linear(cls, linear, kwargs, tensors, meta, device):
+        import torch
+        from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+
+        state, _ = unflatten_tensor_state_dict(tensors, meta["torchao"])
+        state = {k.removeprefix("layer."): v.to(device) for k, v in state.items()}
+        new = torch.nn.Linear(linear.in_features, linear.out_features, bias="bias" in state, device="meta")
+        new.load_state_dict(state, assign=True)
+        new.weight.requires_grad_(False)
+        return new
+
+
+__all__ = ["SHORTCUTS", "TorchAO"]

@@ -1,0 +1,102 @@
+"""Reading checkpoints without loading them: safetensors headers, and tensors one at a time.
+
+The plan sizes components from the JSON header at the start of each `.safetensors` file (8 bytes
+of length, then names, dtypes, shapes and offsets), so nothing is read beyond a few KB. The loader
+streams tensors one by one from the same files (memory-mapped by safetensors), so a component's
+full-precision weights are never all in memory together.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+# bytes per element of the safetensors dtype codes
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
+               "I8": 1, "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8}
+FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
+WEIGHT_NAMES = ("diffusion_pytorch_model", "model", "quantkit_weights")
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """The safetensors files of a component folder (one file, or the shards its index names).
+
+    Raises:
+        FileNotFoundError: when the folder has no safetensors weights (e.g. only `.bin` files).
+    """
+    folder = Path(folder)
+    for stem in WEIGHT_NAMES:
+        index = folder / f"{stem}.safetensors.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [folder / s for s in shards]
+        single = folder / f"{stem}.safetensors"
+        if single.is_file():
+            return [single]
+    found = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
+    raise FileNotFoundError(f"No safetensors weights in {folder} (found: {', '.join(found) or 'nothing'}). "
+                            "quantkit reads safetensors only: re-save the component with "
+                            "save_pretrained(..., safe_serialization=True).")
+
+
+def read_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor name -> (safetensors dtype code, shape), from the file's header alone.
+
+    Raises:
+        ValueError: when the file is not a readable safetensors file.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path} is not a safetensors file (shorter than 8 bytes).")
+        (length,) = struct.unpack("<Q", raw)
+        if length > 100_000_000:
+            raise ValueError(f"{path} is not a safetensors file (header length {length} is implausible).")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not a safetensors file: its header is not JSON ({err}).") from None
+    return {name: (info["dtype"], tuple(info["shape"])) for name, info in header.items() if name != "__metadata__"}
+
+
+def read_headers(folder: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every tensor of a component folder: name -> (dtype code, shape)."""
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for file in weight_files(folder):
+        out.update(read_header(file))
+    return out
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+class SafetensorsSource:
+    """Tensors of a component folder, read one at a time (memory-mapped, never all at once)."""
+
+    def __init__(self, folder: str | Path):
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        self._handles = []
+        self._where: dict[str, object] = {}
+        for file in weight_files(folder):
+            handle = safe_open(str(file), framework="pt")
+            self._handles.append(handle)
+            for key in handle.keys():
+                self._where[key] = handle
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def get(self, key: str):
+        return self._where[key].get_tensor(key)
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._where.clear()

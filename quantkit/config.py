@@ -1,0 +1,271 @@
+"""The pipeline quantization config: diffusers' `PipelineQuantizationConfig`, for five backends.
+
+Same constructor and semantics as `diffusers.PipelineQuantizationConfig`:
+- simple form: `quant_backend` + `quant_kwargs` (+ `components_to_quantize`, a list or one name;
+  left out, every model component is quantized);
+- mapped form: `quant_mapping` = {component: config}, backends mixed.
+Beyond diffusers: the simple form works for every backend (kwargs are written once in either
+library's spelling and translated per component), mapping values may be diffusers configs,
+transformers configs or a library-neutral `QuantSpec`, and the config is a plain value that
+round-trips through dict/JSON. Everything is validated here, before any weight is touched.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .backends import get_backend
+from .errors import one_of
+
+_DIFFUSERS_METHODS = {"bitsandbytes": None, "quanto": "quanto", "torchao": "torchao", "gguf": "gguf"}
+
+
+class QuantSpec:
+    """One backend with its options, independent of which library a component comes from.
+
+    `QuantSpec("quanto", weights_dtype="int8")` becomes diffusers' `QuantoConfig(weights_dtype="int8")` for
+    a diffusers component and transformers' `QuantoConfig(weights="int8")` for a transformers one.
+
+    Args:
+        backend: one of quantkit.BACKENDS.
+        **kwargs: the backend's options, in diffusers' or transformers' spelling.
+    """
+
+    def __init__(self, backend: str, **kwargs: Any):
+        self.backend = get_backend(backend).name
+        self.kwargs = get_backend(backend).normalize_kwargs(kwargs)
+
+    @property
+    def adapter(self):
+        return get_backend(self.backend)
+
+    def resolved(self) -> dict[str, Any]:
+        """Every option with defaults filled in."""
+        return self.adapter.resolved(self.kwargs)
+
+    def label(self) -> str:
+        """Short text such as "quanto int8" or "bitsandbytes_4bit nf4"."""
+        return f"{self.backend} {self.adapter.describe(self.kwargs)}"
+
+    def native(self, library: str):
+        """The diffusers or transformers config object for this spec (None if that library has none)."""
+        self.adapter.require()
+        return self.adapter.native_config(self.kwargs, library)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, **{k: _encode(v) for k, v in self.kwargs.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantSpec:
+        data = dict(data)
+        if "backend" not in data:
+            raise ValueError(f"A QuantSpec dict needs a 'backend' key, got keys {sorted(data)}.")
+        return cls(data.pop("backend"), **{k: _decode(v) for k, v in data.items()})
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, QuantSpec) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        args = "".join(f", {k}={_show(v)}" for k, v in self.kwargs.items())
+        return f"QuantSpec({self.backend!r}{args})"
+
+
+def as_spec(value: Any, component: str = "?") -> QuantSpec:
+    """A QuantSpec from a QuantSpec, a dict, or a diffusers/transformers quantization config object."""
+    if isinstance(value, QuantSpec):
+        return value
+    if isinstance(value, dict):
+        return QuantSpec.from_dict(value)
+    method = getattr(value, "quant_method", None)
+    method = getattr(method, "value", method)
+    if method is None:
+        raise TypeError(f"quant_mapping[{component!r}] is a {type(value).__name__}; use a QuantSpec, a dict with a "
+                        "'backend' key, or a diffusers/transformers quantization config (BitsAndBytesConfig, "
+                        "QuantoConfig, TorchAoConfig, GGUFQuantizationConfig).")
+    if method == "bitsandbytes":
+        backend = "bitsandbytes_8bit" if getattr(value, "load_in_8bit", False) else "bitsandbytes_4bit"
+    elif method in _DIFFUSERS_METHODS:
+        backend = method
+    else:
+        raise ValueError(f"quant_mapping[{component!r}] uses quant_method {method!r}, which quantkit does not "
+                         f"support. Supported backends: {one_of(_backends())}.")
+    spec = QuantSpec.__new__(QuantSpec)
+    spec.backend = backend
+    spec.kwargs = get_backend(backend).from_native(value)
+    return spec
+
+
+def _backends():
+    from .backends import BACKENDS
+
+    return BACKENDS
+
+
+class PipelineQuantizationConfig:
+    """Which components of a pipeline to quantize, and how.
+
+    Args:
+        quant_backend: backend for the simple form, one of quantkit.BACKENDS.
+        quant_kwargs: options of that backend (either library's spelling).
+        components_to_quantize: component names (a list or one string); None = every model component.
+        quant_mapping: the mapped form, {component: QuantSpec | diffusers config | transformers config | dict}.
+
+    Raises:
+        ValueError: both forms or neither given, unknown backend, unknown option, empty kwargs.
+        TypeError: a mapping value that is not a quantization config.
+    """
+
+    def __init__(self, quant_backend: str | None = None, quant_kwargs: dict[str, Any] | None = None,
+                 components_to_quantize: list[str] | str | None = None,
+                 quant_mapping: dict[str, Any] | None = None):
+        if quant_backend is not None and quant_mapping is not None:
+            raise ValueError("Both `quant_backend` and `quant_mapping` were given; use one form: quant_backend + "
+                             "quant_kwargs (+ components_to_quantize) for one backend, or quant_mapping for a "
+                             "config per component.")
+        if quant_backend is None and quant_mapping is None:
+            raise ValueError("Give either `quant_backend` (with `quant_kwargs`), e.g. PipelineQuantizationConfig("
+                             "quant_backend='quanto', quant_kwargs={'weights_dtype': 'int8'}), or `quant_mapping`.")
+        if isinstance(components_to_quantize, str):
+            components_to_quantize = [components_to_quantize]
+        if quant_mapping is not None and (quant_kwargs or components_to_quantize):
+            raise ValueError("`quant_kwargs` and `components_to_quantize` belong to the simple form; with "
+                             "`quant_mapping`, put each component's options in its config.")
+        self.quant_backend = quant_backend
+        self.quant_kwargs = dict(quant_kwargs or {})
+        self.components_to_quantize = list(components_to_quantize) if components_to_quantize else None
+        self.quant_mapping = dict(quant_mapping) if quant_mapping is not None else None
+        self.is_granular = quant_mapping is not None
+        if self.is_granular:
+            if not self.quant_mapping:
+                raise ValueError("`quant_mapping` is empty: map at least one component, e.g. "
+                                 "{'transformer': QuantSpec('quanto', weights_dtype='int8')}.")
+            self.specs = {name: as_spec(value, name) for name, value in self.quant_mapping.items()}
+        else:
+            backend = get_backend(quant_backend)
+            if not self.quant_kwargs:
+                example = next(iter(backend.options))
+                raise ValueError(f"`quant_kwargs` is empty for quant_backend={quant_backend!r}; pass the backend's "
+                                 f"options, e.g. quant_kwargs={{{example!r}: {backend.options[example].default!r}}}. "
+                                 f"Its options: {', '.join(backend.options)}.")
+            self.spec = QuantSpec(quant_backend, **self.quant_kwargs)
+
+    # -- resolution ----------------------------------------------------------------------------
+    def spec_for(self, component: str, model_components: list[str]) -> QuantSpec | None:
+        """The spec that applies to `component` (None = load it unquantized)."""
+        if self.is_granular:
+            return self.specs.get(component)
+        wanted = self.components_to_quantize if self.components_to_quantize is not None else model_components
+        return self.spec if component in wanted else None
+
+    def named_components(self) -> list[str]:
+        """Components the user named explicitly (checked against the pipeline by the plan)."""
+        return list(self.specs) if self.is_granular else list(self.components_to_quantize or [])
+
+    # -- round trips ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        if self.is_granular:
+            return {"quant_mapping": {name: spec.to_dict() for name, spec in self.specs.items()}}
+        return {"quant_backend": self.quant_backend,
+                "quant_kwargs": {k: _encode(v) for k, v in self.spec.kwargs.items()},
+                "components_to_quantize": self.components_to_quantize}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineQuantizationConfig:
+        data = dict(data)
+        allowed = {"quant_backend", "quant_kwargs", "components_to_quantize", "quant_mapping"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ValueError(f"Unknown keys {unknown} in a PipelineQuantizationConfig dict; allowed: {sorted(allowed)}.")
+        if data.get("quant_mapping") is not None:
+            data["quant_mapping"] = {k: QuantSpec.from_dict(v) for k, v in data["quant_mapping"].items()}
+        if data.get("quant_kwargs"):
+            data["quant_kwargs"] = {k: _decode(v) for k, v in data["quant_kwargs"].items()}
+        return cls(**data)
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> PipelineQuantizationConfig:
+        return cls.from_dict(json.loads(text))
+
+    def to_diffusers(self, model_components: dict[str, str] | None = None):
+        """The equivalent `diffusers.PipelineQuantizationConfig`.
+
+        Simple form: diffusers can express it only for bitsandbytes (its simple form raises for the other
+        backends), so for those pass `model_components` ({component: "diffusers" | "transformers"}, e.g. from
+        `plan(...).libraries()`) and get the mapped form with each library's own config class.
+
+        Raises:
+            ValueError: when diffusers cannot express this config (GGUF in a pipeline config, or a simple form
+                outside bitsandbytes without `model_components`).
+        """
+        from diffusers import PipelineQuantizationConfig as DiffusersConfig
+
+        if not self.is_granular and self.quant_backend.startswith("bitsandbytes"):
+            kwargs = {k: v for k, v in self.spec.adapter._native_kwargs(self.spec.kwargs).items() if v is not None}
+            return DiffusersConfig(quant_backend=self.quant_backend, quant_kwargs=kwargs,
+                                   components_to_quantize=self.components_to_quantize)
+        if self.is_granular:
+            specs = self.specs
+            libraries = model_components or {}
+        else:
+            if model_components is None:
+                raise ValueError(f"diffusers' simple form does not support quant_backend={self.quant_backend!r}. Pass "
+                                 "model_components={name: 'diffusers' | 'transformers'} (e.g. plan(...).libraries()) "
+                                 "to get the mapped form.")
+            names = self.components_to_quantize or list(model_components)
+            specs = {name: self.spec for name in names}
+            libraries = model_components
+        mapping = {}
+        for name, spec in specs.items():
+            if spec.backend == "gguf":
+                raise ValueError(f"diffusers cannot load GGUF through a pipeline config (component {name!r}); load the "
+                                 "component with from_single_file(..., quantization_config=GGUFQuantizationConfig()) "
+                                 "or use quantkit.load_pipeline.")
+            library = libraries.get(name, "diffusers" if name in ("transformer", "unet", "vae") else "transformers")
+            mapping[name] = spec.native(library)
+        return DiffusersConfig(quant_mapping=mapping)
+
+    @classmethod
+    def from_diffusers(cls, config) -> PipelineQuantizationConfig:
+        """A quantkit config from a `diffusers.PipelineQuantizationConfig`."""
+        if getattr(config, "quant_mapping", None):
+            return cls(quant_mapping={name: as_spec(value, name) for name, value in config.quant_mapping.items()})
+        return cls(quant_backend=config.quant_backend, quant_kwargs=dict(config.quant_kwargs),
+                   components_to_quantize=config.components_to_quantize)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PipelineQuantizationConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        if self.is_granular:
+            inner = ",\n".join(f"    {name!r}: {spec!r}" for name, spec in self.specs.items())
+            return f"PipelineQuantizationConfig(quant_mapping={{\n{inner},\n}})"
+        kwargs = "{" + ", ".join(f"{k!r}: {_show(v)}" for k, v in self.spec.kwargs.items()) + "}"
+        return (f"PipelineQuantizationConfig(quant_backend={self.quant_backend!r}, quant_kwargs={kwargs}, "
+                f"components_to_quantize={self.components_to_quantize!r})")
+
+
+def _encode(value: Any) -> Any:
+    """JSON-able form of an option value (torchao config objects get a type tag)."""
+    if hasattr(value, "__class__") and any(b.__name__ == "AOBaseConfig" for b in type(value).__mro__):
+        from torchao.core.config import config_to_dict
+
+        return {"_torchao": config_to_dict(value)}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and "_torchao" in value:
+        from torchao.core.config import config_from_dict
+
+        return config_from_dict(value["_torchao"])
+    return value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str | int | float | bool | list | type(None)):
+        return repr(value)
+    return f"{type(value).__name__}()"
