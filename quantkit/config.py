@@ -64,7 +64,11 @@ class QuantSpec:
         return cls(data.pop("backend"), **{k: _decode(v) for k, v in data.items()})
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, QuantSpec) and self.to_dict() == other.to_dict()
+        """Same backend and the same options once defaults are filled in (spelling does not matter)."""
+        return isinstance(other, QuantSpec) and self._canonical() == other._canonical()
+
+    def _canonical(self) -> tuple:
+        return self.backend, {k: _encode(v) for k, v in self.resolved().items()}
 
     def __repr__(self) -> str:
         args = "".join(f", {k}={_show(v)}" for k, v in self.kwargs.items())
@@ -167,7 +171,7 @@ class PipelineQuantizationConfig:
         if self.is_granular:
             return {"quant_mapping": {name: spec.to_dict() for name, spec in self.specs.items()}}
         return {"quant_backend": self.quant_backend,
-                "quant_kwargs": {k: _encode(v) for k, v in self.spec.kwargs.items()},
+                "quant_kwargs": {k: _encode(v) for k, v in self.quant_kwargs.items()},
                 "components_to_quantize": self.components_to_quantize}
 
     @classmethod
@@ -237,7 +241,12 @@ class PipelineQuantizationConfig:
                    components_to_quantize=config.components_to_quantize)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, PipelineQuantizationConfig) and self.to_dict() == other.to_dict()
+        """Equal when they quantize the same components the same way."""
+        if not isinstance(other, PipelineQuantizationConfig) or self.is_granular != other.is_granular:
+            return False
+        if self.is_granular:
+            return self.specs == other.specs
+        return (self.spec, self.components_to_quantize) == (other.spec, other.components_to_quantize)
 
     def __repr__(self) -> str:
         if self.is_granular:
@@ -249,7 +258,9 @@ class PipelineQuantizationConfig:
 
 
 def _encode(value: Any) -> Any:
-    """JSON-able form of an option value (torchao config objects get a type tag)."""
+    """JSON-able form of an option value (dtypes become names, torchao config objects get a type tag)."""
+    if type(value).__name__ == "dtype":
+        return str(value).removeprefix("torch.")
     if hasattr(value, "__class__") and any(b.__name__ == "AOBaseConfig" for b in type(value).__mro__):
         from torchao.core.config import config_to_dict
 

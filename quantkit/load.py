@@ -140,12 +140,14 @@ def _load_gguf(c: ComponentPlan, p: LoadPlan, dtype, progress: bool):
     from .backends import gguf as g
 
     path = g.component_file(c.folder, c.spec.kwargs, [f"{n}.weight" for n in c.quantized_layers], progress=progress)
-    reader = g.read_gguf(path)
-    published = bool(c.spec.resolved()["gguf_file"])
-    if not published:
-        from .checkpoint import read_headers
+    from .checkpoint import read_headers
 
-        g.check_matches(path, reader, {k: s for k, (_, s) in read_headers(c.folder).items()}, c.name)
+    reader = g.read_gguf(path)
+    expected = {k: s for k, (_, s) in read_headers(c.folder).items()}
+    # quantkit's own files use the component's names; a published file in diffusers names is checked the same
+    # way, while one in the original (e.g. BFL) names is left to diffusers' converter
+    if not c.spec.resolved()["gguf_file"] or set(g.gguf_shapes(reader)) & set(expected):
+        g.check_matches(path, reader, expected, c.name)
     del reader
     import torch
 
@@ -159,7 +161,7 @@ def _load_gguf(c: ComponentPlan, p: LoadPlan, dtype, progress: bool):
         try:
             model = cls.from_single_file(str(path), quantization_config=GGUFQuantizationConfig(compute_dtype=compute),
                                          config=str(p.folder), subfolder=c.name, torch_dtype=dtype)
-        except (KeyError, RuntimeError, ValueError) as err:
+        except Exception as err:  # diffusers' converters raise KeyError, IndexError, RuntimeError ... on wrong files
             raise ValueError(f"GGUF file {path} could not be loaded into {c.class_name} ({type(err).__name__}: {err})."
                              " Pass a GGUF file made for this model.") from None
         return model.to(p.device).eval()
@@ -271,9 +273,10 @@ def save_pipeline(pipe, folder: str | Path) -> Path:
             _save_model_config(component, tmp / name)
             save_file(tensors, str(tmp / name / SAVED_WEIGHTS))
             (tmp / name / SAVED_CONFIG).write_text(json.dumps(info, indent=1))
-        plan_ = getattr(pipe, "quantkit_plan", None)
-        if plan_ is not None and (plan_.folder / "generation_defaults.json").is_file():
-            shutil.copy(plan_.folder / "generation_defaults.json", tmp / "generation_defaults.json")
+        if getattr(pipe, "generation_defaults", None):
+            from .models.defaults import write_generation_defaults
+
+            write_generation_defaults(tmp, pipe.generation_defaults)
         if folder.exists():
             folder.rmdir()
         os.replace(tmp, folder)

@@ -92,6 +92,8 @@ class Backend:
         opt = cls.options[name]
         if value is None:
             return None
+        if type(value).__name__ == "dtype" and opt.kind != "dtype":  # e.g. bnb_4bit_quant_storage=torch.uint8
+            value = str(value).removeprefix("torch.")
         if opt.kind == "dtype":
             return dtype_name(value)
         if opt.kind == "bool":

@@ -35,8 +35,10 @@ class _BnB(Backend):
         out = {}
         for name, opt in cls.options.items():
             value = getattr(config, name, None)
-            if value is not None and value != opt.default:
-                out[name] = cls._check_value(name, value)
+            if value is not None:
+                value = cls._check_value(name, value)
+                if value != opt.default:
+                    out[name] = value
         return out
 
 
@@ -74,15 +76,7 @@ class BitsAndBytes4Bit(_BnB):
     def from_native(cls, config):
         if getattr(config, "load_in_8bit", False):
             raise ValueError("This BitsAndBytesConfig has load_in_8bit=True: it belongs to 'bitsandbytes_8bit'.")
-        out = super().from_native(config)
-        storage = getattr(config, "bnb_4bit_quant_storage", None)
-        if storage is not None:
-            storage = str(storage).removeprefix("torch.")
-            if storage != "uint8":
-                out["bnb_4bit_quant_storage"] = storage
-            else:
-                out.pop("bnb_4bit_quant_storage", None)
-        return out
+        return super().from_native(config)
 
     @classmethod
     def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
