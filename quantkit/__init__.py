@@ -17,18 +17,19 @@ __version__ = "0.1.0"
 EMBEDDED_PIPELINE = Path(__file__).parent / "embedded" / "tiny-flux-shapes"
 """Folder of the tiny FLUX-layout pipeline quantkit ships and uses when no source is given."""
 
+# config and plan are light (no torch at import): imported eagerly, which also keeps the function `plan`
+# from being shadowed by its submodule `quantkit.plan` when another module imports that submodule.
+from .backends import BACKENDS  # noqa: E402
+from .config import PipelineQuantizationConfig, QuantSpec  # noqa: E402
+from .plan import LoadPlan, plan  # noqa: E402
+
 _LAZY = {
-    "PipelineQuantizationConfig": "quantkit.config",
-    "QuantSpec": "quantkit.config",
-    "BACKENDS": "quantkit.backends",
-    "plan": "quantkit.plan",
-    "LoadPlan": "quantkit.plan",
     "load_pipeline": "quantkit.load",
     "save_pipeline": "quantkit.load",
     "footprint": "quantkit.measure.footprint",
 }
 
-__all__ = ["EMBEDDED_PIPELINE", *_LAZY]
+__all__ = ["BACKENDS", "EMBEDDED_PIPELINE", "LoadPlan", "PipelineQuantizationConfig", "QuantSpec", "plan", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -2,8 +2,8 @@
 
 The plan sizes components from the JSON header at the start of each `.safetensors` file (8 bytes
 of length, then names, dtypes, shapes and offsets), so nothing is read beyond a few KB. The loader
-streams tensors one by one from the same files (memory-mapped by safetensors), so a component's
-full-precision weights are never all in memory together.
+streams tensors one by one from the same files (plain reads at the header's offsets), so a
+component's full-precision weights are never all in memory together.
 """
 
 from __future__ import annotations
@@ -76,27 +76,50 @@ def numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+# safetensors dtype code -> torch dtype name
+TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+                "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                "BOOL": "bool"}
+
+
 class SafetensorsSource:
-    """Tensors of a component folder, read one at a time (memory-mapped, never all at once)."""
+    """Tensors of a component folder, read one at a time with plain file reads.
+
+    Not memory-mapped on purpose: pages of a mapped file count towards the process's resident memory
+    while mapped, so mapping a 24 GB checkpoint would show a 24 GB peak even when every tensor is
+    quantized and dropped the moment it arrives. A read copies just the one tensor.
+    """
 
     def __init__(self, folder: str | Path):
-        from safetensors import safe_open
-
         self.folder = Path(folder)
-        self._handles = []
-        self._where: dict[str, object] = {}
+        self._where: dict[str, tuple[Path, int, int, str, tuple[int, ...]]] = {}
         for file in weight_files(folder):
-            handle = safe_open(str(file), framework="pt")
-            self._handles.append(handle)
-            for key in handle.keys():
-                self._where[key] = handle
+            with file.open("rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(length))
+            start = 8 + length
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                begin, end = info["data_offsets"]
+                self._where[name] = (file, start + begin, end - begin, info["dtype"], tuple(info["shape"]))
 
     def keys(self) -> list[str]:
         return list(self._where)
 
     def get(self, key: str):
-        return self._where[key].get_tensor(key)
+        import torch
+
+        file, offset, size, code, shape = self._where[key]
+        buffer = bytearray(size)
+        with file.open("rb") as f:
+            f.seek(offset)
+            if f.readinto(buffer) != size:
+                raise ValueError(f"{file} is truncated: tensor {key!r} ends past the end of the file. Save the "
+                                 "component again.")
+        if size == 0:
+            return torch.empty(shape, dtype=getattr(torch, TORCH_DTYPES[code]))
+        return torch.frombuffer(buffer, dtype=getattr(torch, TORCH_DTYPES[code])).reshape(shape)
 
     def close(self) -> None:
-        self._handles.clear()
         self._where.clear()

@@ -56,6 +56,8 @@ def load_pipeline(source: str | Path | None = None, config: PipelineQuantization
 
     p = plan(source, config, device=device, torch_dtype=torch_dtype)
     p.check()
+    if p.device == "cpu":
+        return_large_blocks_to_os()
     dtype = to_torch_dtype(p.torch_dtype)
     loaded: dict[str, Any] = {}
     try:
@@ -228,6 +230,8 @@ def stream_load(c: ComponentPlan, source, dtype, device: str, quantize, *, progr
                 if new is not module:
                     model.set_submodule(owner, new)
                     modules[owner] = new
+                del module, new
+                release_freed_memory()
         if hasattr(model, "tie_weights"):
             model.tie_weights()
         missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
@@ -237,6 +241,47 @@ def stream_load(c: ComponentPlan, source, dtype, device: str, quantize, *, progr
     finally:
         source.close()
     return model.eval()
+
+
+def return_large_blocks_to_os() -> None:
+    """Make glibc serve blocks of 1 MiB and more with mmap, so freeing them shrinks the process at once.
+
+    By default glibc raises this threshold (up to 32 MiB) each time a large block is freed; after that,
+    layer-sized weights and temporaries live on the heap, and the process keeps their memory after they
+    are freed. For a kit that measures peak memory on CPUs that is the difference between a 4-bit load
+    staying under the unquantized peak or not. Set QUANTKIT_MALLOC_TUNING=0 to leave glibc alone.
+    """
+    if os.environ.get("QUANTKIT_MALLOC_TUNING", "1") == "0" or not _libc():
+        return
+    _libc().mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB (this also turns the dynamic threshold off)
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018  (raises AttributeError off glibc)
+        except (OSError, AttributeError):
+            _LIBC = False
+    return _LIBC
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the operating system (glibc only; a no-op elsewhere).
+
+    glibc raises its mmap threshold each time a large block is freed, so after the first few layers the
+    full-precision weights of later layers come from the heap, and freeing them does not shrink the process:
+    without this, loading a 282M-parameter transformer in 4-bit peaked at about twice its bf16 size.
+    """
+    if _libc():
+        _libc().malloc_trim(0)
+
+
+_LIBC = None
 
 
 # -- save and restore ---------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ class LoadPlan:
             if c.alternative:
                 message += f" Instead: {c.alternative}."
             if c.problem.startswith("package"):
-                raise ImportError(message)
+                raise ImportError(message.replace("Instead: pip install", "Instead: install it with: pip install"))
             if "GPU" in c.problem or "CUDA" in c.problem:
                 raise RuntimeError(message)
             raise ValueError(message)

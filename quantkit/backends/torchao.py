@@ -7,6 +7,8 @@ shortcuts below, which it turns into the object.
 
 from __future__ import annotations
 
+import importlib.util
+
 from ..errors import did_you_mean, one_of
 from . import register
 from .base import Backend, Option
@@ -84,6 +86,10 @@ class TorchAO(Backend):
             return (f"torchao {key!r} ({SHORTCUTS[key][0]}) needs a CUDA GPU (its CPU kernels are missing)",
                     "on CPU use torchao 'int8wo', 'int8dq' or 'float8wo', quanto 'int4', bitsandbytes_4bit or "
                     "gguf 'Q4_0'")
+        if key == "int4wo" and importlib.util.find_spec("mslk") is None:
+            # torchao >= 0.16 runs int4 weight-only through the mslk kernels (measured: "Requires mslk >= 1.0.0")
+            return ("package 'mslk' is not installed (torchao 'int4wo' runs on its kernels)",
+                    "pip install 'mslk-cuda>=1.0.0', or use quanto 'int4', bitsandbytes_4bit nf4 or gguf 'Q4_0'")
         return None
 
     @classmethod
