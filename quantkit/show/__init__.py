@@ -1,0 +1,1 @@
+"""Showing results: `plots` (matplotlib Figures of a comparison) and `report` (report.md / report.html)."""
