@@ -54,17 +54,22 @@ def build(folder: Path) -> Path:
         return folder
     pipe = build_flux_pipeline(
         seed=0,
-        transformer_config={"num_layers": 4, "num_single_layers": 8, "attention_head_dim": 128,
-                            "num_attention_heads": 8, "joint_attention_dim": 512,
-                            "axes_dims_rope": (16, 56, 56)},
+        transformer_config={
+            "num_layers": 4,
+            "num_single_layers": 8,
+            "attention_head_dim": 128,
+            "num_attention_heads": 8,
+            "joint_attention_dim": 512,
+            "axes_dims_rope": (16, 56, 56),
+        },
         t5_config={"d_model": 512, "d_ff": 2048, "num_layers": 8, "num_heads": 8, "d_kv": 64},
     )
     pipe.to(torch.bfloat16).save_pretrained(folder)
     from quantkit.models.tiny import tiny_generation_defaults
 
-    (folder / "generation_defaults.json").write_text(json.dumps({**tiny_generation_defaults("flux"),
-                                                                   "height": 64, "width": 64,
-                                                                   "num_inference_steps": 1}))
+    (folder / "generation_defaults.json").write_text(
+        json.dumps({**tiny_generation_defaults("flux"), "height": 64, "width": 64, "num_inference_steps": 1})
+    )
     return folder
 
 
@@ -101,14 +106,21 @@ def worker(name: str, folder: str) -> dict:
 
         kwargs = {}
         if spec is not None:
-            native = {c: qk.QuantSpec(spec[0], **spec[1]).native(lib) for c, lib in
-                      (("transformer", "diffusers"), ("text_encoder_2", "transformers"))}
+            native = {
+                c: qk.QuantSpec(spec[0], **spec[1]).native(lib)
+                for c, lib in (("transformer", "diffusers"), ("text_encoder_2", "transformers"))
+            }
             kwargs["quantization_config"] = DiffusersConfig(quant_mapping=native)
         pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16, **kwargs)
         apply_generation_defaults(pipe, read_generation_defaults(folder))
     else:
-        config = None if spec is None else qk.PipelineQuantizationConfig(
-            quant_backend=spec[0], quant_kwargs=spec[1], components_to_quantize=COMPONENTS)
+        config = (
+            None
+            if spec is None
+            else qk.PipelineQuantizationConfig(
+                quant_backend=spec[0], quant_kwargs=spec[1], components_to_quantize=COMPONENTS
+            )
+        )
         pipe = load_pipeline(folder, config, torch_dtype=torch.bfloat16, device="cpu", progress=False)
     load_s = time.perf_counter() - start
     peak_load = _rss("VmHWM") - baseline
@@ -117,14 +129,24 @@ def worker(name: str, folder: str) -> dict:
     gen_s = time.perf_counter() - start
     peak = _rss("VmHWM") - baseline
     true_bytes = int(qk.footprint(pipe).loc["total", "bytes"])
-    return {"variant": name, "load_s": load_s, "gen_s": gen_s, "peak_load": peak_load, "peak": peak,
-            "bytes": true_bytes, "baseline_rss": baseline}
+    return {
+        "variant": name,
+        "load_s": load_s,
+        "gen_s": gen_s,
+        "peak_load": peak_load,
+        "peak": peak,
+        "bytes": true_bytes,
+        "baseline_rss": baseline,
+    }
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("QUANTKIT_CACHE", Path.home() / ".cache"
-                                                                           / "quantkit")) / "bench-flux-280m")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("QUANTKIT_CACHE", Path.home() / ".cache" / "quantkit")) / "bench-flux-280m",
+    )
     parser.add_argument("--only", nargs="*", choices=list(VARIANTS), help="run these variants only")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -138,25 +160,34 @@ def main(argv=None) -> None:
     from quantkit.plan import plan
 
     p = plan(args.cache, None, device="cpu")
-    print(f"transformer: {p.components['transformer'].params / 1e6:.0f}M parameters, "
-          f"T5: {p.components['text_encoder_2'].params / 1e6:.0f}M", flush=True)
+    print(
+        f"transformer: {p.components['transformer'].params / 1e6:.0f}M parameters, "
+        f"T5: {p.components['text_encoder_2'].params / 1e6:.0f}M",
+        flush=True,
+    )
     rows = []
     for name in args.only or list(VARIANTS):
-        out = subprocess.run([sys.executable, __file__, "--cache", str(args.cache), "--worker", name],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--cache", str(args.cache), "--worker", name], capture_output=True, text=True
+        )
         if out.returncode != 0:
             print(f"{name:28s} FAILED: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}")
             continue
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{name:28s} load {row['load_s']:6.1f} s  gen {row['gen_s']:5.2f} s  peak(load) "
-              f"{row['peak_load'] / 2**30:5.2f} GiB  peak(load+gen) {row['peak'] / 2**30:5.2f} GiB  "
-              f"true bytes {row['bytes'] / 2**30:5.2f} GiB", flush=True)
+        print(
+            f"{name:28s} load {row['load_s']:6.1f} s  gen {row['gen_s']:5.2f} s  peak(load) "
+            f"{row['peak_load'] / 2**30:5.2f} GiB  peak(load+gen) {row['peak'] / 2**30:5.2f} GiB  "
+            f"true bytes {row['bytes'] / 2**30:5.2f} GiB",
+            flush=True,
+        )
     by = {r["variant"]: r for r in rows}
     if "quantkit-none" in by:
         ref = by["quantkit-none"]["peak"]
-        print("\npeak / unquantized peak (targets: 8-bit <= 0.70, 4-bit <= 0.50); load time / diffusers' own path "
-              "(target <= 1.2)")
+        print(
+            "\npeak / unquantized peak (targets: 8-bit <= 0.70, 4-bit <= 0.50); load time / diffusers' own path "
+            "(target <= 1.2)"
+        )
         for r in rows:
             line = f"  {r['variant']:28s} peak ratio {r['peak'] / ref:5.2f}"
             twin = by.get(r["variant"].replace("quantkit-", "diffusers-"))

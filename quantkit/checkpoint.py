@@ -13,8 +13,23 @@ import struct
 from pathlib import Path
 
 # bytes per element of the safetensors dtype codes
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
-               "I8": 1, "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8}
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
 FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model", "quantkit_weights")
 
@@ -35,9 +50,11 @@ def weight_files(folder: str | Path) -> list[Path]:
         if single.is_file():
             return [single]
     found = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
-    raise FileNotFoundError(f"No safetensors weights in {folder} (found: {', '.join(found) or 'nothing'}). "
-                            "quantkit reads safetensors only: re-save the component with "
-                            "save_pretrained(..., safe_serialization=True).")
+    raise FileNotFoundError(
+        f"No safetensors weights in {folder} (found: {', '.join(found) or 'nothing'}). "
+        "quantkit reads safetensors only: re-save the component with "
+        "save_pretrained(..., safe_serialization=True)."
+    )
 
 
 def read_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -77,9 +94,20 @@ def numel(shape: tuple[int, ...]) -> int:
 
 
 # safetensors dtype code -> torch dtype name
-TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-                "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-                "BOOL": "bool"}
+TORCH_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 class SafetensorsSource:
@@ -115,8 +143,9 @@ class SafetensorsSource:
         with file.open("rb") as f:
             f.seek(offset)
             if f.readinto(buffer) != size:
-                raise ValueError(f"{file} is truncated: tensor {key!r} ends past the end of the file. Save the "
-                                 "component again.")
+                raise ValueError(
+                    f"{file} is truncated: tensor {key!r} ends past the end of the file. Save the component again."
+                )
         if size == 0:
             return torch.empty(shape, dtype=getattr(torch, TORCH_DTYPES[code]))
         return torch.frombuffer(buffer, dtype=getattr(torch, TORCH_DTYPES[code])).reshape(shape)

@@ -84,16 +84,20 @@ def as_spec(value: Any, component: str = "?") -> QuantSpec:
     method = getattr(value, "quant_method", None)
     method = getattr(method, "value", method)
     if method is None:
-        raise TypeError(f"quant_mapping[{component!r}] is a {type(value).__name__}; use a QuantSpec, a dict with a "
-                        "'backend' key, or a diffusers/transformers quantization config (BitsAndBytesConfig, "
-                        "QuantoConfig, TorchAoConfig, GGUFQuantizationConfig).")
+        raise TypeError(
+            f"quant_mapping[{component!r}] is a {type(value).__name__}; use a QuantSpec, a dict with a "
+            "'backend' key, or a diffusers/transformers quantization config (BitsAndBytesConfig, "
+            "QuantoConfig, TorchAoConfig, GGUFQuantizationConfig)."
+        )
     if method == "bitsandbytes":
         backend = "bitsandbytes_8bit" if getattr(value, "load_in_8bit", False) else "bitsandbytes_4bit"
     elif method in _DIFFUSERS_METHODS:
         backend = method
     else:
-        raise ValueError(f"quant_mapping[{component!r}] uses quant_method {method!r}, which quantkit does not "
-                         f"support. Supported backends: {one_of(_backends())}.")
+        raise ValueError(
+            f"quant_mapping[{component!r}] uses quant_method {method!r}, which quantkit does not "
+            f"support. Supported backends: {one_of(_backends())}."
+        )
     spec = QuantSpec.__new__(QuantSpec)
     spec.backend = backend
     spec.kwargs = get_backend(backend).from_native(value)
@@ -120,21 +124,31 @@ class PipelineQuantizationConfig:
         TypeError: a mapping value that is not a quantization config.
     """
 
-    def __init__(self, quant_backend: str | None = None, quant_kwargs: dict[str, Any] | None = None,
-                 components_to_quantize: list[str] | str | None = None,
-                 quant_mapping: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        quant_backend: str | None = None,
+        quant_kwargs: dict[str, Any] | None = None,
+        components_to_quantize: list[str] | str | None = None,
+        quant_mapping: dict[str, Any] | None = None,
+    ):
         if quant_backend is not None and quant_mapping is not None:
-            raise ValueError("Both `quant_backend` and `quant_mapping` were given; use one form: quant_backend + "
-                             "quant_kwargs (+ components_to_quantize) for one backend, or quant_mapping for a "
-                             "config per component.")
+            raise ValueError(
+                "Both `quant_backend` and `quant_mapping` were given; use one form: quant_backend + "
+                "quant_kwargs (+ components_to_quantize) for one backend, or quant_mapping for a "
+                "config per component."
+            )
         if quant_backend is None and quant_mapping is None:
-            raise ValueError("Give either `quant_backend` (with `quant_kwargs`), e.g. PipelineQuantizationConfig("
-                             "quant_backend='quanto', quant_kwargs={'weights_dtype': 'int8'}), or `quant_mapping`.")
+            raise ValueError(
+                "Give either `quant_backend` (with `quant_kwargs`), e.g. PipelineQuantizationConfig("
+                "quant_backend='quanto', quant_kwargs={'weights_dtype': 'int8'}), or `quant_mapping`."
+            )
         if isinstance(components_to_quantize, str):
             components_to_quantize = [components_to_quantize]
         if quant_mapping is not None and (quant_kwargs or components_to_quantize):
-            raise ValueError("`quant_kwargs` and `components_to_quantize` belong to the simple form; with "
-                             "`quant_mapping`, put each component's options in its config.")
+            raise ValueError(
+                "`quant_kwargs` and `components_to_quantize` belong to the simple form; with "
+                "`quant_mapping`, put each component's options in its config."
+            )
         self.quant_backend = quant_backend
         self.quant_kwargs = dict(quant_kwargs or {})
         self.components_to_quantize = list(components_to_quantize) if components_to_quantize else None
@@ -142,16 +156,20 @@ class PipelineQuantizationConfig:
         self.is_granular = quant_mapping is not None
         if self.is_granular:
             if not self.quant_mapping:
-                raise ValueError("`quant_mapping` is empty: map at least one component, e.g. "
-                                 "{'transformer': QuantSpec('quanto', weights_dtype='int8')}.")
+                raise ValueError(
+                    "`quant_mapping` is empty: map at least one component, e.g. "
+                    "{'transformer': QuantSpec('quanto', weights_dtype='int8')}."
+                )
             self.specs = {name: as_spec(value, name) for name, value in self.quant_mapping.items()}
         else:
             backend = get_backend(quant_backend)
             if not self.quant_kwargs:
                 example = next(iter(backend.options))
-                raise ValueError(f"`quant_kwargs` is empty for quant_backend={quant_backend!r}; pass the backend's "
-                                 f"options, e.g. quant_kwargs={{{example!r}: {backend.options[example].default!r}}}. "
-                                 f"Its options: {', '.join(backend.options)}.")
+                raise ValueError(
+                    f"`quant_kwargs` is empty for quant_backend={quant_backend!r}; pass the backend's "
+                    f"options, e.g. quant_kwargs={{{example!r}: {backend.options[example].default!r}}}. "
+                    f"Its options: {', '.join(backend.options)}."
+                )
             self.spec = QuantSpec(quant_backend, **self.quant_kwargs)
 
     # -- resolution ----------------------------------------------------------------------------
@@ -170,9 +188,11 @@ class PipelineQuantizationConfig:
     def to_dict(self) -> dict[str, Any]:
         if self.is_granular:
             return {"quant_mapping": {name: spec.to_dict() for name, spec in self.specs.items()}}
-        return {"quant_backend": self.quant_backend,
-                "quant_kwargs": {k: _encode(v) for k, v in self.quant_kwargs.items()},
-                "components_to_quantize": self.components_to_quantize}
+        return {
+            "quant_backend": self.quant_backend,
+            "quant_kwargs": {k: _encode(v) for k, v in self.quant_kwargs.items()},
+            "components_to_quantize": self.components_to_quantize,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineQuantizationConfig:
@@ -180,7 +200,9 @@ class PipelineQuantizationConfig:
         allowed = {"quant_backend", "quant_kwargs", "components_to_quantize", "quant_mapping"}
         unknown = sorted(set(data) - allowed)
         if unknown:
-            raise ValueError(f"Unknown keys {unknown} in a PipelineQuantizationConfig dict; allowed: {sorted(allowed)}.")
+            raise ValueError(
+                f"Unknown keys {unknown} in a PipelineQuantizationConfig dict; allowed: {sorted(allowed)}."
+            )
         if data.get("quant_mapping") is not None:
             data["quant_mapping"] = {k: QuantSpec.from_dict(v) for k, v in data["quant_mapping"].items()}
         if data.get("quant_kwargs"):
@@ -209,25 +231,32 @@ class PipelineQuantizationConfig:
 
         if not self.is_granular and self.quant_backend.startswith("bitsandbytes"):
             kwargs = {k: v for k, v in self.spec.adapter._native_kwargs(self.spec.kwargs).items() if v is not None}
-            return DiffusersConfig(quant_backend=self.quant_backend, quant_kwargs=kwargs,
-                                   components_to_quantize=self.components_to_quantize)
+            return DiffusersConfig(
+                quant_backend=self.quant_backend,
+                quant_kwargs=kwargs,
+                components_to_quantize=self.components_to_quantize,
+            )
         if self.is_granular:
             specs = self.specs
             libraries = model_components or {}
         else:
             if model_components is None:
-                raise ValueError(f"diffusers' simple form does not support quant_backend={self.quant_backend!r}. Pass "
-                                 "model_components={name: 'diffusers' | 'transformers'} (e.g. plan(...).libraries()) "
-                                 "to get the mapped form.")
+                raise ValueError(
+                    f"diffusers' simple form does not support quant_backend={self.quant_backend!r}. Pass "
+                    "model_components={name: 'diffusers' | 'transformers'} (e.g. plan(...).libraries()) "
+                    "to get the mapped form."
+                )
             names = self.components_to_quantize or list(model_components)
             specs = {name: self.spec for name in names}
             libraries = model_components
         mapping = {}
         for name, spec in specs.items():
             if spec.backend == "gguf":
-                raise ValueError(f"diffusers cannot load GGUF through a pipeline config (component {name!r}); load the "
-                                 "component with from_single_file(..., quantization_config=GGUFQuantizationConfig()) "
-                                 "or use quantkit.load_pipeline.")
+                raise ValueError(
+                    f"diffusers cannot load GGUF through a pipeline config (component {name!r}); load the "
+                    "component with from_single_file(..., quantization_config=GGUFQuantizationConfig()) "
+                    "or use quantkit.load_pipeline."
+                )
             library = libraries.get(name, "diffusers" if name in ("transformer", "unet", "vae") else "transformers")
             mapping[name] = spec.native(library)
         return DiffusersConfig(quant_mapping=mapping)
@@ -237,8 +266,11 @@ class PipelineQuantizationConfig:
         """A quantkit config from a `diffusers.PipelineQuantizationConfig`."""
         if getattr(config, "quant_mapping", None):
             return cls(quant_mapping={name: as_spec(value, name) for name, value in config.quant_mapping.items()})
-        return cls(quant_backend=config.quant_backend, quant_kwargs=dict(config.quant_kwargs),
-                   components_to_quantize=config.components_to_quantize)
+        return cls(
+            quant_backend=config.quant_backend,
+            quant_kwargs=dict(config.quant_kwargs),
+            components_to_quantize=config.components_to_quantize,
+        )
 
     def __eq__(self, other) -> bool:
         """Equal when they quantize the same components the same way."""
@@ -253,8 +285,10 @@ class PipelineQuantizationConfig:
             inner = ",\n".join(f"    {name!r}: {spec!r}" for name, spec in self.specs.items())
             return f"PipelineQuantizationConfig(quant_mapping={{\n{inner},\n}})"
         kwargs = "{" + ", ".join(f"{k!r}: {_show(v)}" for k, v in self.spec.kwargs.items()) + "}"
-        return (f"PipelineQuantizationConfig(quant_backend={self.quant_backend!r}, quant_kwargs={kwargs}, "
-                f"components_to_quantize={self.components_to_quantize!r})")
+        return (
+            f"PipelineQuantizationConfig(quant_backend={self.quant_backend!r}, quant_kwargs={kwargs}, "
+            f"components_to_quantize={self.components_to_quantize!r})"
+        )
 
 
 def _encode(value: Any) -> Any:

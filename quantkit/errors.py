@@ -39,5 +39,7 @@ def require_package(module: str, pip_spec: str, purpose: str) -> None:
     except ModuleNotFoundError:  # parent package missing
         found = False
     if not found:
-        raise ImportError(f"{purpose} needs the package {module!r}, which is not installed. "
-                          f"Install it with: pip install '{pip_spec}'")
+        raise ImportError(
+            f"{purpose} needs the package {module!r}, which is not installed. "
+            f"Install it with: pip install '{pip_spec}'"
+        )

@@ -32,8 +32,14 @@ SAVED_CONFIG = "quantkit_quantization.json"
 SAVED_WEIGHTS = "quantkit_weights.safetensors"
 
 
-def load_pipeline(source: str | Path | None = None, config: PipelineQuantizationConfig | None = None, *,
-                  torch_dtype: Any = None, device: str | None = None, progress: bool = True):
+def load_pipeline(
+    source: str | Path | None = None,
+    config: PipelineQuantizationConfig | None = None,
+    *,
+    torch_dtype: Any = None,
+    device: str | None = None,
+    progress: bool = True,
+):
     """Load a diffusers pipeline, quantizing the components `config` names while they load.
 
     Args:
@@ -121,6 +127,7 @@ def _progress(items, enabled: bool, desc: str):
 
 # -- one component ----------------------------------------------------------------------------------
 
+
 def load_component(c: ComponentPlan, p: LoadPlan, *, progress: bool = False):
     """Load one quantized component as its plan says (streaming, or GGUF through diffusers)."""
     from .backends.base import to_torch_dtype
@@ -128,6 +135,7 @@ def load_component(c: ComponentPlan, p: LoadPlan, *, progress: bool = False):
     dtype = to_torch_dtype(p.torch_dtype)
     spec = c.spec
     if spec.backend != "gguf":
+
         def quantize(linear):
             return spec.adapter.quantize_linear(linear, spec.kwargs, p.device)
 
@@ -161,11 +169,18 @@ def _load_gguf(c: ComponentPlan, p: LoadPlan, dtype, progress: bool):
 
         cls = model_class(c.library, c.class_name)
         try:
-            model = cls.from_single_file(str(path), quantization_config=GGUFQuantizationConfig(compute_dtype=compute),
-                                         config=str(p.folder), subfolder=c.name, torch_dtype=dtype)
+            model = cls.from_single_file(
+                str(path),
+                quantization_config=GGUFQuantizationConfig(compute_dtype=compute),
+                config=str(p.folder),
+                subfolder=c.name,
+                torch_dtype=dtype,
+            )
         except Exception as err:  # diffusers' converters raise KeyError, IndexError, RuntimeError ... on wrong files
-            raise ValueError(f"GGUF file {path} could not be loaded into {c.class_name} ({type(err).__name__}: {err})."
-                             " Pass a GGUF file made for this model.") from None
+            raise ValueError(
+                f"GGUF file {path} could not be loaded into {c.class_name} ({type(err).__name__}: {err})."
+                " Pass a GGUF file made for this model."
+            ) from None
         return model.to(p.device).eval()
     kwargs = {**c.spec.kwargs, "compute_dtype": dtype_name(compute)}
 
@@ -197,8 +212,10 @@ def stream_load(c: ComponentPlan, source, dtype, device: str, quantize, *, progr
     keys = source.keys()
     unexpected = [k for k in keys if k not in expected]
     if unexpected:
-        raise ValueError(f"The weights of {c.name!r} do not match {c.class_name}: {len(unexpected)} unexpected tensors "
-                         f"(first: {unexpected[0]!r}). Check that the folder and its config.json belong together.")
+        raise ValueError(
+            f"The weights of {c.name!r} do not match {c.class_name}: {len(unexpected)} unexpected tensors "
+            f"(first: {unexpected[0]!r}). Check that the folder and its config.json belong together."
+        )
     keep_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or []) if dtype == torch.float16 else []
     targets = set(c.quantized_layers)
     by_module: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -214,9 +231,11 @@ def stream_load(c: ComponentPlan, source, dtype, device: str, quantize, *, progr
                 tensor = source.get(key)
                 packed = isinstance(tensor, torch.nn.Parameter)  # GGUF blocks stay as they are
                 if not packed and tuple(tensor.shape) != tuple(expected[key]):
-                    raise ValueError(f"Tensor {key!r} of {c.name!r} has shape {tuple(tensor.shape)}, but "
-                                     f"{c.class_name} expects {tuple(expected[key])}. The weights do not belong to "
-                                     "this config.")
+                    raise ValueError(
+                        f"Tensor {key!r} of {c.name!r} has shape {tuple(tensor.shape)}, but "
+                        f"{c.class_name} expects {tuple(expected[key])}. The weights do not belong to "
+                        "this config."
+                    )
                 if not packed and dtype is not None and tensor.is_floating_point() and not matches(owner, keep_fp32):
                     tensor = tensor.to(dtype)
                 tensor = tensor.to(device)
@@ -236,8 +255,10 @@ def stream_load(c: ComponentPlan, source, dtype, device: str, quantize, *, progr
             model.tie_weights()
         missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
         if missing:
-            raise ValueError(f"The weights of {c.name!r} lack {len(missing)} tensors of {c.class_name} (first: "
-                             f"{missing[0]!r}). The checkpoint is incomplete or belongs to another model.")
+            raise ValueError(
+                f"The weights of {c.name!r} lack {len(missing)} tensors of {c.class_name} (first: "
+                f"{missing[0]!r}). The checkpoint is incomplete or belongs to another model."
+            )
     finally:
         source.close()
     return model.eval()
@@ -285,6 +306,7 @@ _LIBC = None
 
 
 # -- save and restore ---------------------------------------------------------------------------------
+
 
 def save_pipeline(pipe, folder: str | Path) -> Path:
     """Save a pipeline loaded by quantkit so that `load_pipeline(folder)` reloads it quantized.
@@ -388,7 +410,7 @@ def restore_component(c: ComponentPlan, device: str):
     modules = dict(model.named_modules())
     for layer, meta in info["layers"].items():
         prefix = f"{layer}."
-        own = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
+        own = {k[len(prefix) :]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
         model.set_submodule(layer, spec.adapter.restore_linear(modules[layer], spec.kwargs, own, meta, device))
     for key, t in tensors.items():
         owner, _, leaf = key.rpartition(".")

@@ -89,7 +89,9 @@ class LoadPlan:
         for c in self.components.values():
             if c.supported:
                 continue
-            message = f"Cannot quantize {c.name!r} ({c.class_name}) with {c.quantization} on {self.device}: {c.problem}."
+            message = (
+                f"Cannot quantize {c.name!r} ({c.class_name}) with {c.quantization} on {self.device}: {c.problem}."
+            )
             if c.alternative:
                 message += f" Instead: {c.alternative}."
             if c.problem.startswith("package"):
@@ -104,11 +106,22 @@ class LoadPlan:
 
         rows = []
         for c in self.components.values():
-            rows.append({"component": c.name, "library": c.library, "class": c.class_name,
-                         "quantization": c.quantization, "loader": c.loader,
-                         "layers_quantized": len(c.quantized_layers), "layers_total": c.layers_total,
-                         "params": c.params, "bytes_before": c.bytes_before, "bytes_after": c.bytes_after,
-                         "supported": c.supported, "problem": c.problem or ""})
+            rows.append(
+                {
+                    "component": c.name,
+                    "library": c.library,
+                    "class": c.class_name,
+                    "quantization": c.quantization,
+                    "loader": c.loader,
+                    "layers_quantized": len(c.quantized_layers),
+                    "layers_total": c.layers_total,
+                    "params": c.params,
+                    "bytes_before": c.bytes_before,
+                    "bytes_after": c.bytes_after,
+                    "supported": c.supported,
+                    "problem": c.problem or "",
+                }
+            )
         return pd.DataFrame(rows).set_index("component")
 
     def _rows(self) -> list[list[str]]:
@@ -116,16 +129,18 @@ class LoadPlan:
         for c in self.components.values():
             layers = f"{len(c.quantized_layers)}/{c.layers_total}" if c.spec else "-"
             status = "ok" if c.supported else f"NO: {c.problem}"
-            size = (f"{human_bytes(c.bytes_before)} -> {human_bytes(c.bytes_after)}" if c.is_model else "-")
+            size = f"{human_bytes(c.bytes_before)} -> {human_bytes(c.bytes_after)}" if c.is_model else "-"
             rows.append([c.name, c.class_name, c.quantization, layers, size, c.loader if c.is_model else "-", status])
         return rows
 
     _HEADERS = ["component", "class", "quantization", "linear layers", "bytes", "loader", "runs here"]
 
     def __repr__(self) -> str:
-        head = (f"LoadPlan for {self.pipeline_class} from {self.source} on {self.device}"
-                f" ({self.torch_dtype or 'checkpoint dtype'}): {human_bytes(self.bytes_before)} -> "
-                f"{human_bytes(self.bytes_after)}")
+        head = (
+            f"LoadPlan for {self.pipeline_class} from {self.source} on {self.device}"
+            f" ({self.torch_dtype or 'checkpoint dtype'}): {human_bytes(self.bytes_before)} -> "
+            f"{human_bytes(self.bytes_after)}"
+        )
         return head + "\n" + text_table(self._HEADERS, self._rows())
 
     def _repr_html_(self) -> str:
@@ -133,12 +148,15 @@ class LoadPlan:
 
         cells = "".join(f"<th>{escape(h)}</th>" for h in self._HEADERS)
         body = "".join("<tr>" + "".join(f"<td>{escape(str(x))}</td>" for x in r) + "</tr>" for r in self._rows())
-        return (f"<p><b>LoadPlan</b> {escape(self.pipeline_class)} on {escape(self.device)}: "
-                f"{human_bytes(self.bytes_before)} &rarr; {human_bytes(self.bytes_after)}</p>"
-                f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>")
+        return (
+            f"<p><b>LoadPlan</b> {escape(self.pipeline_class)} on {escape(self.device)}: "
+            f"{human_bytes(self.bytes_before)} &rarr; {human_bytes(self.bytes_after)}</p>"
+            f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+        )
 
 
 # -- sources --------------------------------------------------------------------------------------
+
 
 def resolve_source(source: str | Path | None) -> Path:
     """A local pipeline folder for `source`: None = the embedded pipeline; a hub id is downloaded.
@@ -154,19 +172,26 @@ def resolve_source(source: str | Path | None) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            hint = " It looks like one component of a pipeline: pass its parent folder." if (
-                path / "config.json").is_file() and (path.parent / "model_index.json").is_file() else ""
-            raise ValueError(f"{path} is not a diffusers pipeline folder: it has no model_index.json.{hint} Pass a "
-                             "folder written by pipeline.save_pretrained(), a hub id such as "
-                             "'black-forest-labs/FLUX.1-dev', or None for the embedded pipeline.")
+            hint = (
+                " It looks like one component of a pipeline: pass its parent folder."
+                if (path / "config.json").is_file() and (path.parent / "model_index.json").is_file()
+                else ""
+            )
+            raise ValueError(
+                f"{path} is not a diffusers pipeline folder: it has no model_index.json.{hint} Pass a "
+                "folder written by pipeline.save_pretrained(), a hub id such as "
+                "'black-forest-labs/FLUX.1-dev', or None for the embedded pipeline."
+            )
         return path
     if path.exists():
         raise ValueError(f"{path} is a file, not a pipeline folder. Pass the folder that holds model_index.json.")
     text = str(source)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         return _download(text)
-    raise FileNotFoundError(f"Pipeline source {text!r} is neither a folder nor a hub id ('org/name'). "
-                            "Check the path, or pass None for the embedded pipeline.")
+    raise FileNotFoundError(
+        f"Pipeline source {text!r} is neither a folder nor a hub id ('org/name'). "
+        "Check the path, or pass None for the embedded pipeline."
+    )
 
 
 def _download(repo_id: str) -> Path:
@@ -174,12 +199,25 @@ def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors",
-                                                                "*.safetensors.index.json", "*tokenizer*"]))
+        return Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=[
+                    "*.json",
+                    "*.txt",
+                    "*.model",
+                    "*.safetensors",
+                    "*.safetensors.index.json",
+                    "*tokenizer*",
+                ],
+            )
+        )
     except Exception as err:
-        raise OSError(f"Could not get {repo_id!r} from the hub ({type(err).__name__}: {err}). Without network "
-                      "access, pass a local pipeline folder (or None for the embedded pipeline); gated models need "
-                      "`huggingface-cli login` first.") from None
+        raise OSError(
+            f"Could not get {repo_id!r} from the hub ({type(err).__name__}: {err}). Without network "
+            "access, pass a local pipeline folder (or None for the embedded pipeline); gated models need "
+            "`huggingface-cli login` first."
+        ) from None
 
 
 def read_model_index(folder: Path) -> tuple[str, dict[str, tuple[str, str]]]:
@@ -240,8 +278,11 @@ def decide_layers(model, spec: QuantSpec, device: str) -> tuple[list[str], dict[
             continue
         total += 1
         hit = matches(name, skip)
-        why = (f"in the skip list ({hit!r})" if hit else
-               spec.adapter.layer_problem(spec.kwargs, module.in_features, module.out_features, device))
+        why = (
+            f"in the skip list ({hit!r})"
+            if hit
+            else spec.adapter.layer_problem(spec.kwargs, module.in_features, module.out_features, device)
+        )
         if why:
             kept[name] = why
         else:
@@ -251,14 +292,20 @@ def decide_layers(model, spec: QuantSpec, device: str) -> tuple[list[str], dict[
 
 # -- the plan -------------------------------------------------------------------------------------
 
+
 def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def plan(source: str | Path | None = None, config: PipelineQuantizationConfig | None = None, *,
-         device: str | None = None, torch_dtype: Any = None) -> LoadPlan:
+def plan(
+    source: str | Path | None = None,
+    config: PipelineQuantizationConfig | None = None,
+    *,
+    device: str | None = None,
+    torch_dtype: Any = None,
+) -> LoadPlan:
     """Plan loading `source` with `config` on `device`, reading no weights.
 
     Args:
@@ -278,8 +325,10 @@ def plan(source: str | Path | None = None, config: PipelineQuantizationConfig | 
     from .backends.base import dtype_name
 
     if config is not None and not isinstance(config, PipelineQuantizationConfig):
-        raise TypeError(f"config must be a quantkit.PipelineQuantizationConfig (or None), got {type(config).__name__}."
-                        " Convert a diffusers one with PipelineQuantizationConfig.from_diffusers(config).")
+        raise TypeError(
+            f"config must be a quantkit.PipelineQuantizationConfig (or None), got {type(config).__name__}."
+            " Convert a diffusers one with PipelineQuantizationConfig.from_diffusers(config)."
+        )
     folder = resolve_source(source)
     device = str(device or default_device())
     if device not in ("cpu", "mps") and not device.startswith("cuda"):
@@ -291,16 +340,26 @@ def plan(source: str | Path | None = None, config: PipelineQuantizationConfig | 
     if config is not None:
         for name in config.named_components():
             if name not in index:
-                raise ValueError(f"Component {name!r} is not in this {pipeline_class}.{did_you_mean(name, index)} "
-                                 f"Its components: {one_of(index)}.")
+                raise ValueError(
+                    f"Component {name!r} is not in this {pipeline_class}.{did_you_mean(name, index)} "
+                    f"Its components: {one_of(index)}."
+                )
             if name not in models:
-                raise ValueError(f"Component {name!r} is a {index[name][1]}, not a model with weights: it cannot be "
-                                 f"quantized. Quantize one of {one_of(models)}.")
+                raise ValueError(
+                    f"Component {name!r} is a {index[name][1]}, not a model with weights: it cannot be "
+                    f"quantized. Quantize one of {one_of(models)}."
+                )
 
     components = {}
     for name, (library, class_name) in index.items():
-        c = ComponentPlan(name=name, library=library, class_name=class_name, folder=folder / name,
-                          is_model=name in models, loader="from_pretrained")
+        c = ComponentPlan(
+            name=name,
+            library=library,
+            class_name=class_name,
+            folder=folder / name,
+            is_model=name in models,
+            loader="from_pretrained",
+        )
         if c.is_model:
             headers = read_headers(c.folder)
             c.params = sum(numel(shape) for _, shape in headers.values())
@@ -310,16 +369,24 @@ def plan(source: str | Path | None = None, config: PipelineQuantizationConfig | 
             saved = saved_spec(c.folder)
             if saved is not None:
                 if c.spec is not None:
-                    raise ValueError(f"Component {name!r} in {folder} is already quantized ({saved.label()}); load the "
-                                     "folder without a config for it, or quantize the original pipeline instead.")
+                    raise ValueError(
+                        f"Component {name!r} in {folder} is already quantized ({saved.label()}); load the "
+                        "folder without a config for it, or quantize the original pipeline instead."
+                    )
                 c.spec, c.loader = saved, "quantkit restore"
                 c.config = None
             elif c.spec is not None:
                 _plan_quantized(c, headers, dtype, device)
         components[name] = c
-    return LoadPlan(source=str(source) if source is not None else "the embedded pipeline", folder=folder,
-                    pipeline_class=pipeline_class, device=device, torch_dtype=dtype, config=config,
-                    components=components)
+    return LoadPlan(
+        source=str(source) if source is not None else "the embedded pipeline",
+        folder=folder,
+        pipeline_class=pipeline_class,
+        device=device,
+        torch_dtype=dtype,
+        config=config,
+        components=components,
+    )
 
 
 def checkpoint_dtype(folder: Path, models: list[str]) -> str | None:
@@ -374,12 +441,16 @@ def _plan_quantized(c: ComponentPlan, headers: dict, dtype: str | None, device: 
         c.loader = "GGUF file -> " + ("diffusers from_single_file" if has_single_file else "quantkit streaming loader")
         if c.spec.resolved()["gguf_file"] and c.library != "diffusers":
             c.supported, c.problem = False, "published GGUF files use llama.cpp names for text encoders"
-            c.alternative = ("leave gguf_file out and let quantkit write the file from this component's weights "
-                             "(quant_type='Q8_0' ... 'Q4_0')")
+            c.alternative = (
+                "leave gguf_file out and let quantkit write the file from this component's weights "
+                "(quant_type='Q8_0' ... 'Q4_0')"
+            )
         elif not c.quantized_layers:
             c.supported = False
-            c.problem = (f"GGUF quantizes Linear weights only and none of this {c.class_name}'s "
-                         f"{c.layers_total} Linear layers qualifies")
+            c.problem = (
+                f"GGUF quantizes Linear weights only and none of this {c.class_name}'s "
+                f"{c.layers_total} Linear layers qualifies"
+            )
             c.alternative = "leave this component unquantized (e.g. components_to_quantize=['transformer', ...])"
     modules = dict(model.named_modules())
     per = _TORCH_BYTES.get(dtype or "", None)

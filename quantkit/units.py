@@ -17,7 +17,9 @@ def human_bytes(n: float | int | None) -> str:
 
 def text_table(headers: list[str], rows: list[list[str]]) -> str:
     """A plain fixed-width table (what `repr` of a plan or footprint prints)."""
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    widths = [
+        max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)
+    ]
     line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]

@@ -10,7 +10,11 @@ import torch
 from quantkit import BACKENDS, PipelineQuantizationConfig, QuantSpec
 
 SIMPLE = {
-    "bitsandbytes_4bit": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16},
+    "bitsandbytes_4bit": {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_compute_dtype": torch.bfloat16,
+    },
     "bitsandbytes_8bit": {"load_in_8bit": True},
     "gguf": {"quant_type": "Q4_0", "compute_dtype": torch.bfloat16},
     "quanto": {"weights_dtype": "int8"},
@@ -24,8 +28,9 @@ def test_backends_are_the_five():
 
 @pytest.mark.parametrize("backend", sorted(SIMPLE), ids=lambda b: f"simple-{b}")
 def test_simple_form_works_for_every_backend(backend):
-    config = PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=SIMPLE[backend],
-                                        components_to_quantize="transformer")
+    config = PipelineQuantizationConfig(
+        quant_backend=backend, quant_kwargs=SIMPLE[backend], components_to_quantize="transformer"
+    )
     assert config.components_to_quantize == ["transformer"]
     assert config.spec_for("transformer", ["transformer", "vae"]).backend == backend
     assert config.spec_for("vae", ["transformer", "vae"]) is None
@@ -38,13 +43,20 @@ def test_leaving_out_components_quantizes_every_model():
     assert all(config.spec_for(m, models) is not None for m in models)
 
 
-@pytest.mark.parametrize(("backend", "given", "canonical"), [
-    ("quanto", {"weights": "int4"}, {"weights_dtype": "int4"}),
-    ("bitsandbytes_4bit", {"quant_type": "nf4", "compute_dtype": "bf16"},
-     {"bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"}),
-    ("gguf", {"quant_type": "q8_0"}, {"quant_type": "Q8_0"}),
-    ("torchao", {"quant_type": "int8_weight_only"}, {"quant_type": "int8wo"}),
-], ids=["quanto-weights", "bnb-short", "gguf-lower", "torchao-long"])
+@pytest.mark.parametrize(
+    ("backend", "given", "canonical"),
+    [
+        ("quanto", {"weights": "int4"}, {"weights_dtype": "int4"}),
+        (
+            "bitsandbytes_4bit",
+            {"quant_type": "nf4", "compute_dtype": "bf16"},
+            {"bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"},
+        ),
+        ("gguf", {"quant_type": "q8_0"}, {"quant_type": "Q8_0"}),
+        ("torchao", {"quant_type": "int8_weight_only"}, {"quant_type": "int8wo"}),
+    ],
+    ids=["quanto-weights", "bnb-short", "gguf-lower", "torchao-long"],
+)
 def test_kwargs_are_written_once_in_either_spelling(backend, given, canonical):
     assert QuantSpec(backend, **given).kwargs == canonical
 
@@ -59,8 +71,9 @@ def test_torchao_shortcuts_become_config_objects():
     from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
 
     assert isinstance(QuantSpec("torchao", quant_type="int8wo").native("diffusers").quant_type, Int8WeightOnlyConfig)
-    assert isinstance(QuantSpec("torchao", quant_type="float8wo").native("transformers").quant_type,
-                      Float8WeightOnlyConfig)
+    assert isinstance(
+        QuantSpec("torchao", quant_type="float8wo").native("transformers").quant_type, Float8WeightOnlyConfig
+    )
     obj = Int8WeightOnlyConfig()
     spec = QuantSpec("torchao", quant_type=obj)
     assert spec.kwargs["quant_type"] is obj  # accepted as it is
@@ -76,13 +89,20 @@ def test_seed_examples_run_unchanged():
     first = PipelineQuantizationConfig(
         quant_backend="bitsandbytes_4bit",
         quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16},
-        components_to_quantize=["transformer", "text_encoder_2"])
-    second = PipelineQuantizationConfig(quant_mapping={
-        "transformer": QuantoConfig(weights_dtype="int8"),
-        "text_encoder_2": TransformersBitsAndBytesConfig(load_in_4bit=True, compute_dtype=torch.bfloat16)})
-    third = PipelineQuantizationConfig(quant_mapping={
-        "transformer": DiffusersBitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16),
-        "text_encoder_2": TransformersBitsAndBytesConfig(load_in_4bit=True, compute_dtype=torch.bfloat16)})
+        components_to_quantize=["transformer", "text_encoder_2"],
+    )
+    second = PipelineQuantizationConfig(
+        quant_mapping={
+            "transformer": QuantoConfig(weights_dtype="int8"),
+            "text_encoder_2": TransformersBitsAndBytesConfig(load_in_4bit=True, compute_dtype=torch.bfloat16),
+        }
+    )
+    third = PipelineQuantizationConfig(
+        quant_mapping={
+            "transformer": DiffusersBitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16),
+            "text_encoder_2": TransformersBitsAndBytesConfig(load_in_4bit=True, compute_dtype=torch.bfloat16),
+        }
+    )
     assert first.spec.label() == "bitsandbytes_4bit nf4"
     assert second.specs["transformer"] == QuantSpec("quanto", weights_dtype="int8")
     assert second.specs["text_encoder_2"].backend == "bitsandbytes_4bit"
@@ -99,22 +119,28 @@ def test_repr_reads_like_code():
 def test_diffusers_round_trip():
     from diffusers import PipelineQuantizationConfig as DiffusersConfig
 
-    simple = PipelineQuantizationConfig(quant_backend="bitsandbytes_8bit", quant_kwargs={"load_in_8bit": True},
-                                        components_to_quantize=["transformer"])
+    simple = PipelineQuantizationConfig(
+        quant_backend="bitsandbytes_8bit", quant_kwargs={"load_in_8bit": True}, components_to_quantize=["transformer"]
+    )
     native = simple.to_diffusers()
     assert isinstance(native, DiffusersConfig) and native.quant_backend == "bitsandbytes_8bit"
     assert PipelineQuantizationConfig.from_diffusers(native) == simple
 
-    quanto = PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                        components_to_quantize=["transformer", "text_encoder_2"])
+    quanto = PipelineQuantizationConfig(
+        quant_backend="quanto",
+        quant_kwargs={"weights_dtype": "int8"},
+        components_to_quantize=["transformer", "text_encoder_2"],
+    )
     mapped = quanto.to_diffusers({"transformer": "diffusers", "text_encoder_2": "transformers"})
     assert type(mapped.quant_mapping["transformer"]).__module__.startswith("diffusers")
     assert type(mapped.quant_mapping["text_encoder_2"]).__module__.startswith("transformers")
     assert PipelineQuantizationConfig.from_diffusers(mapped).specs["text_encoder_2"] == QuantSpec(
-        "quanto", weights_dtype="int8")
+        "quanto", weights_dtype="int8"
+    )
 
 
 # -- errors: type and message -----------------------------------------------------------------------
+
 
 def _error(**kwargs):
     with pytest.raises((ValueError, TypeError)) as info:
@@ -125,14 +151,18 @@ def _error(**kwargs):
 def test_unknown_backend_lists_valid_and_nearest():
     info = _error(quant_backend="bitsandbytes4bit", quant_kwargs={"load_in_4bit": True})
     assert info.type is ValueError
-    assert str(info.value) == ("Unknown quant_backend 'bitsandbytes4bit'. Did you mean 'bitsandbytes_4bit'? Valid "
-                               "backends: 'bitsandbytes_4bit', 'bitsandbytes_8bit', 'gguf', 'quanto' or 'torchao'.")
+    assert str(info.value) == (
+        "Unknown quant_backend 'bitsandbytes4bit'. Did you mean 'bitsandbytes_4bit'? Valid "
+        "backends: 'bitsandbytes_4bit', 'bitsandbytes_8bit', 'gguf', 'quanto' or 'torchao'."
+    )
 
 
 def test_misspelled_kwarg_names_the_valid_ones():
     info = _error(quant_backend="quanto", quant_kwargs={"weight_dtype": "int8"})
-    assert str(info.value) == ("Unknown option 'weight_dtype' for backend 'quanto'. Did you mean 'weights_dtype'? "
-                               "Valid options: modules_to_not_convert, weights_dtype.")
+    assert str(info.value) == (
+        "Unknown option 'weight_dtype' for backend 'quanto'. Did you mean 'weights_dtype'? "
+        "Valid options: modules_to_not_convert, weights_dtype."
+    )
 
 
 def test_bad_choice_lists_choices():
@@ -141,8 +171,11 @@ def test_bad_choice_lists_choices():
 
 
 def test_both_forms_and_neither():
-    both = _error(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                  quant_mapping={"transformer": QuantSpec("quanto")})
+    both = _error(
+        quant_backend="quanto",
+        quant_kwargs={"weights_dtype": "int8"},
+        quant_mapping={"transformer": QuantSpec("quanto")},
+    )
     assert str(both.value).startswith("Both `quant_backend` and `quant_mapping` were given; use one form")
     neither = _error()
     assert "Give either `quant_backend`" in str(neither.value)

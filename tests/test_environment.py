@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,9 @@ def test_pyproject_dependencies_are_all_pinned_for_ci():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = [re.split(r"[<>=!\[ ]", d)[0].lower().replace("_", "-") for d in project["dependencies"]]
     for extra in ("backends", "notebooks"):
-        names += [re.split(r"[<>=!\[ ]", d)[0].lower().replace("_", "-") for d in project["optional-dependencies"][extra]]
+        names += [
+            re.split(r"[<>=!\[ ]", d)[0].lower().replace("_", "-") for d in project["optional-dependencies"][extra]
+        ]
     ci = _pins((ROOT / "requirements-ci.txt").read_text().splitlines())
     missing = [n for n in names if n not in ci and n not in ("torch", "huggingface-hub")]
     assert missing == [], f"in pyproject.toml but not pinned in requirements-ci.txt / environment.yml: {missing}"

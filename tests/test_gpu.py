@@ -33,8 +33,9 @@ def cuda_baseline(flux_dir):
 @pytest.mark.parametrize("case_id", list(CASES))
 def test_every_backend_on_cuda(flux_dir, cuda_baseline, case_id):
     backend, kwargs, layer, min_psnr = CASES[case_id]
-    config = PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
-                                        components_to_quantize=["transformer", "text_encoder_2"])
+    config = PipelineQuantizationConfig(
+        quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=["transformer", "text_encoder_2"]
+    )
     pipe = qk.load_pipeline(flux_dir, config, torch_dtype=BF16, device="cuda", progress=False)
     to_q = pipe.transformer.transformer_blocks[0].attn.to_q
     assert type(to_q).__name__ == layer and to_q.weight.device.type == "cuda"
@@ -66,11 +67,22 @@ def test_matches_diffusers_bitsandbytes_on_cuda(flux_dir):
     from quantkit.models.defaults import apply_generation_defaults, read_generation_defaults
 
     kwargs = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": BF16}
-    ours = qk.load_pipeline(flux_dir, PipelineQuantizationConfig(
-        quant_backend="bitsandbytes_4bit", quant_kwargs=kwargs, components_to_quantize=["transformer"]),
-        torch_dtype=BF16, device="cuda", progress=False)
-    theirs = DiffusionPipeline.from_pretrained(flux_dir, torch_dtype=BF16, quantization_config=DiffusersConfig(
-        quant_backend="bitsandbytes_4bit", quant_kwargs=kwargs, components_to_quantize=["transformer"])).to("cuda")
+    ours = qk.load_pipeline(
+        flux_dir,
+        PipelineQuantizationConfig(
+            quant_backend="bitsandbytes_4bit", quant_kwargs=kwargs, components_to_quantize=["transformer"]
+        ),
+        torch_dtype=BF16,
+        device="cuda",
+        progress=False,
+    )
+    theirs = DiffusionPipeline.from_pretrained(
+        flux_dir,
+        torch_dtype=BF16,
+        quantization_config=DiffusersConfig(
+            quant_backend="bitsandbytes_4bit", quant_kwargs=kwargs, components_to_quantize=["transformer"]
+        ),
+    ).to("cuda")
     apply_generation_defaults(theirs, read_generation_defaults(flux_dir))
     kinds = lambda m: {n: type(x).__name__ for n, x in m.named_modules()}  # noqa: E731
     assert kinds(ours.transformer) == kinds(theirs.transformer)

@@ -7,9 +7,11 @@ HEAVY = ("torch", "diffusers", "transformers", "bitsandbytes", "optimum", "torch
 
 
 def test_import_quantkit_imports_nothing_heavy():
-    code = ("import sys, quantkit; quantkit.EMBEDDED_PIPELINE; "
-            "c = quantkit.PipelineQuantizationConfig(quant_backend='quanto', quant_kwargs={'weights': 'int8'}); "
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    code = (
+        "import sys, quantkit; quantkit.EMBEDDED_PIPELINE; "
+        "c = quantkit.PipelineQuantizationConfig(quant_backend='quanto', quant_kwargs={'weights': 'int8'}); "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"import quantkit (and building a config) imported: {out}"
 

@@ -21,8 +21,12 @@ BF16 = torch.bfloat16
 SEED_COMPONENTS = ["transformer", "text_encoder_2"]
 # backend id -> (quant_kwargs, expected Linear class name, minimum PSNR in dB)
 CASES = {
-    "bnb-nf4": ("bitsandbytes_4bit", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
-                                      "bnb_4bit_compute_dtype": BF16}, "Linear4bit", 30),
+    "bnb-nf4": (
+        "bitsandbytes_4bit",
+        {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": BF16},
+        "Linear4bit",
+        30,
+    ),
     "bnb-int8": ("bitsandbytes_8bit", {"load_in_8bit": True}, "Linear8bitLt", 40),
     "gguf-Q4_0": ("gguf", {"quant_type": "Q4_0", "compute_dtype": BF16}, "GGUFLinear", 30),
     "quanto-int8": ("quanto", {"weights_dtype": "int8"}, "QLinear", 40),
@@ -86,8 +90,9 @@ def test_footprint_matches_plan_and_serialized_size(flux_dir, tmp_path, case_id)
         assert frame.loc[name, "quantized_params"] > 0
     out = qk.save_pipeline(pipe, tmp_path / "saved")
     for name in SEED_COMPONENTS:
-        assert frame.loc[name, "bytes"] == pytest.approx(_tensor_bytes(out / name / "quantkit_weights.safetensors"),
-                                                         rel=0.02), name
+        assert frame.loc[name, "bytes"] == pytest.approx(
+            _tensor_bytes(out / name / "quantkit_weights.safetensors"), rel=0.02
+        ), name
     if case_id == "bnb-int8":  # its first forward moves the row scales into module.state: still counted
         generate(pipe)
         assert qk.footprint(pipe).loc["transformer", "bytes"] == frame.loc["transformer", "bytes"]
@@ -116,9 +121,12 @@ def test_reported_memory_is_wrong_for_tensor_subclasses(flux_dir):
 
 
 def test_mapped_form_mixes_backends_and_libraries(flux_dir, baseline):
-    config = PipelineQuantizationConfig(quant_mapping={
-        "transformer": QuantSpec("quanto", weights_dtype="int8"),
-        "text_encoder_2": QuantSpec("bitsandbytes_4bit", quant_type="nf4", compute_dtype="bfloat16")})
+    config = PipelineQuantizationConfig(
+        quant_mapping={
+            "transformer": QuantSpec("quanto", weights_dtype="int8"),
+            "text_encoder_2": QuantSpec("bitsandbytes_4bit", quant_type="nf4", compute_dtype="bfloat16"),
+        }
+    )
     pipe = load(flux_dir, config)
     assert linear_types(pipe.transformer) == {"QLinear"}
     assert linear_types(pipe.text_encoder_2) == {"Linear4bit"}
@@ -129,9 +137,12 @@ def test_seed_mapping_with_native_configs(flux_dir, baseline):
     from diffusers import BitsAndBytesConfig as DiffusersBitsAndBytesConfig
     from transformers import BitsAndBytesConfig as TransformersBitsAndBytesConfig
 
-    config = PipelineQuantizationConfig(quant_mapping={
-        "transformer": DiffusersBitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16),
-        "text_encoder_2": TransformersBitsAndBytesConfig(load_in_4bit=True, compute_dtype=torch.bfloat16)})
+    config = PipelineQuantizationConfig(
+        quant_mapping={
+            "transformer": DiffusersBitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16),
+            "text_encoder_2": TransformersBitsAndBytesConfig(load_in_4bit=True, compute_dtype=torch.bfloat16),
+        }
+    )
     pipe = load(flux_dir, config)  # diffusers itself refuses this on a CPU ("No GPU found")
     assert linear_types(pipe.transformer) == {"Linear4bit"}
     assert psnr(generate(pipe), baseline[1]) >= 25  # fp4 (the default quant type) is coarser than nf4
@@ -145,21 +156,29 @@ def test_same_modules_and_image_as_diffusers_own_path(flux_dir, native):
 
     from quantkit.models.defaults import apply_generation_defaults, read_generation_defaults
 
-    spec = QuantSpec("quanto", weights_dtype="int8") if native == "quanto" else QuantSpec("torchao", quant_type="int8wo")
+    spec = (
+        QuantSpec("quanto", weights_dtype="int8") if native == "quanto" else QuantSpec("torchao", quant_type="int8wo")
+    )
     ours = load(flux_dir, PipelineQuantizationConfig(quant_mapping={"transformer": spec}))
-    theirs = DiffusionPipeline.from_pretrained(flux_dir, torch_dtype=BF16, quantization_config=DiffusersConfig(
-        quant_mapping={"transformer": spec.native("diffusers")}))
+    theirs = DiffusionPipeline.from_pretrained(
+        flux_dir,
+        torch_dtype=BF16,
+        quantization_config=DiffusersConfig(quant_mapping={"transformer": spec.native("diffusers")}),
+    )
     apply_generation_defaults(theirs, read_generation_defaults(flux_dir))
-    ours_types = {n: (type(m).__name__, type(getattr(m, "weight", None)).__name__)
-                  for n, m in ours.transformer.named_modules()}
-    theirs_types = {n: (type(m).__name__, type(getattr(m, "weight", None)).__name__)
-                    for n, m in theirs.transformer.named_modules()}
+    ours_types = {
+        n: (type(m).__name__, type(getattr(m, "weight", None)).__name__) for n, m in ours.transformer.named_modules()
+    }
+    theirs_types = {
+        n: (type(m).__name__, type(getattr(m, "weight", None)).__name__) for n, m in theirs.transformer.named_modules()
+    }
     assert ours_types == theirs_types
     assert psnr(generate(ours), generate(theirs)) >= 60  # same quantized weights: equal up to float noise
 
 
-@pytest.mark.parametrize(("layout", "components"), [
-    ("sd3", ["transformer", "text_encoder_3"]), ("pixart", ["transformer", "text_encoder"])])
+@pytest.mark.parametrize(
+    ("layout", "components"), [("sd3", ["transformer", "text_encoder_3"]), ("pixart", ["transformer", "text_encoder"])]
+)
 @pytest.mark.parametrize("case_id", ["quanto-int8", "gguf-Q4_0", "bnb-nf4"])
 def test_other_layouts(tiny_pipeline_dir, layout, components, case_id):
     folder = tiny_pipeline_dir(layout)

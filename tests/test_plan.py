@@ -15,13 +15,22 @@ from quantkit import PipelineQuantizationConfig, QuantSpec
 
 def config(backend="quanto", components=("transformer", "text_encoder_2"), **kwargs):
     kwargs = kwargs or {"weights_dtype": "int8"}
-    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=list(components))
+    return PipelineQuantizationConfig(
+        quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=list(components)
+    )
 
 
 def test_plan_lists_every_component(flux_dir):
     p = qk.plan(flux_dir, config(), device="cpu", torch_dtype=torch.bfloat16)
-    assert set(p.components) == {"scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-                                 "transformer", "vae"}
+    assert set(p.components) == {
+        "scheduler",
+        "text_encoder",
+        "text_encoder_2",
+        "tokenizer",
+        "tokenizer_2",
+        "transformer",
+        "vae",
+    }
     t5 = p.components["text_encoder_2"]
     assert (t5.library, t5.class_name, t5.quantization) == ("transformers", "T5EncoderModel", "quanto int8")
     assert type(t5.config).__module__.startswith("transformers") and t5.config.weights == "int8"
@@ -60,9 +69,11 @@ def test_layers_a_backend_cannot_take_are_listed_with_the_reason(flux_dir):
 def test_unknown_component_lists_the_pipelines(flux_dir):
     with pytest.raises(ValueError) as info:
         qk.plan(flux_dir, config(components=["transfomer"]))
-    assert str(info.value) == ("Component 'transfomer' is not in this FluxPipeline. Did you mean 'transformer'? Its "
-                               "components: 'scheduler', 'text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2', "
-                               "'transformer' or 'vae'.")
+    assert str(info.value) == (
+        "Component 'transfomer' is not in this FluxPipeline. Did you mean 'transformer'? Its "
+        "components: 'scheduler', 'text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2', "
+        "'transformer' or 'vae'."
+    )
 
 
 def test_non_model_component(flux_dir):
@@ -82,8 +93,9 @@ def test_source_that_is_not_a_pipeline(flux_dir, tmp_path):
 def test_cuda_only_config_on_cpu_names_alternatives(flux_dir):
     c = config("torchao", components=["transformer"], quant_type="int4wo")
     p = qk.plan(flux_dir, c, device="cpu")
-    assert p.problems() == {"transformer": "torchao 'int4wo' (Int4WeightOnlyConfig) needs a CUDA GPU (its CPU "
-                                           "kernels are missing)"}
+    assert p.problems() == {
+        "transformer": "torchao 'int4wo' (Int4WeightOnlyConfig) needs a CUDA GPU (its CPU kernels are missing)"
+    }
     with pytest.raises(RuntimeError) as info:
         qk.load_pipeline(flux_dir, c, device="cpu", progress=False)
     assert "Instead: on CPU use torchao 'int8wo', 'int8dq' or 'float8wo', quanto 'int4'" in str(info.value)
@@ -100,13 +112,13 @@ def test_missing_backend_package_gives_the_pip_command(flux_dir, monkeypatch):
 
 def test_gguf_cannot_serve_a_conv_only_vae(flux_dir):
     with pytest.raises(ValueError) as info:
-        qk.load_pipeline(flux_dir, config("gguf", components=["vae"], quant_type="Q8_0"), device="cpu",
-                         progress=False)
+        qk.load_pipeline(flux_dir, config("gguf", components=["vae"], quant_type="Q8_0"), device="cpu", progress=False)
     assert "GGUF quantizes Linear weights only" in str(info.value)
     assert "Instead: leave this component unquantized" in str(info.value)
 
 
 # -- GGUF files ---------------------------------------------------------------------------------------
+
 
 def _gguf_files():
     from quantkit.backends.gguf import cache_dir
@@ -133,8 +145,9 @@ def test_gguf_files_are_cached(flux_dir, monkeypatch):
 def test_gguf_file_given_by_path_loads_like_a_published_one(flux_dir):
     c = config("gguf", components=["transformer"], quant_type="Q8_0")
     qk.load_pipeline(flux_dir, c, device="cpu", progress=False)
-    published = PipelineQuantizationConfig(quant_mapping={
-        "transformer": QuantSpec("gguf", quant_type="Q8_0", gguf_file=str(_gguf_files()[0]))})
+    published = PipelineQuantizationConfig(
+        quant_mapping={"transformer": QuantSpec("gguf", quant_type="Q8_0", gguf_file=str(_gguf_files()[0]))}
+    )
     pipe = qk.load_pipeline(flux_dir, published, device="cpu", progress=False)
     assert type(pipe.transformer.proj_out).__name__ == "GGUFLinear"
 
@@ -157,8 +170,9 @@ def test_mismatched_gguf_file(flux_dir, tmp_path):
 
     other = write_gguf(flux_dir / "text_encoder_2", tmp_path / "t5.gguf", "Q8_0", [])
     shutil.copy(other, tmp_path / "t5-copy.gguf")
-    wrong = PipelineQuantizationConfig(quant_mapping={
-        "transformer": QuantSpec("gguf", gguf_file=str(tmp_path / "t5-copy.gguf"))})
+    wrong = PipelineQuantizationConfig(
+        quant_mapping={"transformer": QuantSpec("gguf", gguf_file=str(tmp_path / "t5-copy.gguf"))}
+    )
     with pytest.raises(ValueError) as info:
         qk.load_pipeline(flux_dir, wrong, device="cpu", progress=False)
     assert "could not be loaded into FluxTransformer2DModel" in str(info.value) or "does not match" in str(info.value)
@@ -193,3 +207,11 @@ def test_quantized_folder_refuses_a_second_config(flux_dir, tmp_path):
         qk.plan(out, config(components=["transformer"]))
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         qk.save_pipeline(pipe, out)
+
+
+def test_hub_id_without_network_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError) as info:
+        qk.plan("quantkit-tests/not-a-real-pipeline")
+    assert "Could not get 'quantkit-tests/not-a-real-pipeline' from the hub" in str(info.value)
+    assert "pass a local pipeline folder (or None for the embedded pipeline)" in str(info.value)

@@ -27,8 +27,9 @@ def get_backend(name: str) -> type[Backend]:
     if not isinstance(name, str):
         raise TypeError(f"quant_backend must be a string such as 'quanto', got {type(name).__name__}.")
     if name not in REGISTRY:
-        raise ValueError(f"Unknown quant_backend {name!r}.{did_you_mean(name, REGISTRY)} "
-                         f"Valid backends: {one_of(REGISTRY)}.")
+        raise ValueError(
+            f"Unknown quant_backend {name!r}.{did_you_mean(name, REGISTRY)} Valid backends: {one_of(REGISTRY)}."
+        )
     return REGISTRY[name]
 
 

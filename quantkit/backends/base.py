@@ -25,7 +25,8 @@ def dtype_name(value: Any) -> str:
     """Canonical string for a dtype given as torch.dtype or string ("bf16", "torch.bfloat16" ...)."""
     text = str(value).removeprefix("torch.")
     text = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}.get(
-        text, text)
+        text, text
+    )
     if text not in DTYPES:
         raise ValueError(f"Unsupported dtype {value!r}: use one of {one_of(DTYPES)} (or torch.bfloat16 etc.).")
     return text
@@ -73,17 +74,22 @@ class Backend:
         for key, value in dict(kwargs).items():
             if key in cls.flags:
                 if value != cls.flags[key]:
-                    raise ValueError(f"{key}={value!r} contradicts quant_backend={cls.name!r}; "
-                                     f"drop it or set {key}={cls.flags[key]!r}.")
+                    raise ValueError(
+                        f"{key}={value!r} contradicts quant_backend={cls.name!r}; "
+                        f"drop it or set {key}={cls.flags[key]!r}."
+                    )
                 continue
             name = key if key in cls.options else alias_to_name.get(key)
             if name is None:
                 valid = sorted([*cls.options, *cls.flags])
-                raise ValueError(f"Unknown option {key!r} for backend {cls.name!r}.{did_you_mean(key, valid)} "
-                                 f"Valid options: {', '.join(valid)}.")
+                raise ValueError(
+                    f"Unknown option {key!r} for backend {cls.name!r}.{did_you_mean(key, valid)} "
+                    f"Valid options: {', '.join(valid)}."
+                )
             if name in out:
-                raise ValueError(f"Option {name!r} for backend {cls.name!r} was given twice (as {key!r} too); "
-                                 f"keep one spelling.")
+                raise ValueError(
+                    f"Option {name!r} for backend {cls.name!r} was given twice (as {key!r} too); keep one spelling."
+                )
             out[name] = cls._check_value(name, value)
         return out
 
@@ -108,14 +114,17 @@ class Backend:
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-                raise TypeError(f"Option {name!r} of backend {cls.name!r} takes a list of module names, "
-                                f"got {value!r}.")
+                raise TypeError(
+                    f"Option {name!r} of backend {cls.name!r} takes a list of module names, got {value!r}."
+                )
             return list(value)
         if opt.kind == "path":
             return str(value)
         if opt.choices is not None and value not in opt.choices:
-            raise ValueError(f"{name}={value!r} is not supported by backend {cls.name!r}."
-                             f"{did_you_mean(value, opt.choices)} Use one of {one_of(opt.choices)}.")
+            raise ValueError(
+                f"{name}={value!r} is not supported by backend {cls.name!r}."
+                f"{did_you_mean(value, opt.choices)} Use one of {one_of(opt.choices)}."
+            )
         return value
 
     @classmethod
@@ -146,8 +155,7 @@ class Backend:
         return None
 
     @classmethod
-    def layer_problem(cls, kwargs: dict[str, Any], in_features: int, out_features: int,
-                      device: str) -> str | None:
+    def layer_problem(cls, kwargs: dict[str, Any], in_features: int, out_features: int, device: str) -> str | None:
         """Why this backend keeps a Linear of this shape in full precision, or None to quantize it."""
         return None
 

@@ -48,14 +48,27 @@ class BitsAndBytes4Bit(_BnB):
     bits = "4-bit NF4/FP4 blocks of 64"
     flags = {"load_in_4bit": True, "load_in_8bit": False}
     options = {
-        "bnb_4bit_quant_type": Option("fp4", ("nf4", "fp4"), aliases=("quant_type",),
-                                      doc="4-bit code: nf4 (normal float, for normally distributed weights) or fp4"),
-        "bnb_4bit_compute_dtype": Option("float32", kind="dtype", aliases=("compute_dtype",),
-                                         doc="dtype the matmul runs in"),
-        "bnb_4bit_use_double_quant": Option(False, kind="bool", aliases=("use_double_quant",),
-                                            doc="quantize the absmax statistics too (saves ~0.4 bit/weight)"),
-        "bnb_4bit_quant_storage": Option("uint8", ("uint8", "float16", "bfloat16", "float32"),
-                                         aliases=("quant_storage",), doc="dtype the packed weights are stored in"),
+        "bnb_4bit_quant_type": Option(
+            "fp4",
+            ("nf4", "fp4"),
+            aliases=("quant_type",),
+            doc="4-bit code: nf4 (normal float, for normally distributed weights) or fp4",
+        ),
+        "bnb_4bit_compute_dtype": Option(
+            "float32", kind="dtype", aliases=("compute_dtype",), doc="dtype the matmul runs in"
+        ),
+        "bnb_4bit_use_double_quant": Option(
+            False,
+            kind="bool",
+            aliases=("use_double_quant",),
+            doc="quantize the absmax statistics too (saves ~0.4 bit/weight)",
+        ),
+        "bnb_4bit_quant_storage": Option(
+            "uint8",
+            ("uint8", "float16", "bfloat16", "float32"),
+            aliases=("quant_storage",),
+            doc="dtype the packed weights are stored in",
+        ),
         "llm_int8_skip_modules": _SKIP,
     }
 
@@ -66,11 +79,14 @@ class BitsAndBytes4Bit(_BnB):
     @classmethod
     def _native_kwargs(cls, kwargs):
         r = cls.resolved(kwargs)
-        return {"load_in_4bit": True, "bnb_4bit_quant_type": r["bnb_4bit_quant_type"],
-                "bnb_4bit_compute_dtype": to_torch_dtype(r["bnb_4bit_compute_dtype"]),
-                "bnb_4bit_use_double_quant": r["bnb_4bit_use_double_quant"],
-                "bnb_4bit_quant_storage": r["bnb_4bit_quant_storage"],
-                "llm_int8_skip_modules": r["llm_int8_skip_modules"]}
+        return {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": r["bnb_4bit_quant_type"],
+            "bnb_4bit_compute_dtype": to_torch_dtype(r["bnb_4bit_compute_dtype"]),
+            "bnb_4bit_use_double_quant": r["bnb_4bit_use_double_quant"],
+            "bnb_4bit_quant_storage": r["bnb_4bit_quant_storage"],
+            "llm_int8_skip_modules": r["llm_int8_skip_modules"],
+        }
 
     @classmethod
     def from_native(cls, config):
@@ -97,15 +113,24 @@ class BitsAndBytes4Bit(_BnB):
         import torch
 
         r = cls.resolved(kwargs)
-        new = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                compute_dtype=to_torch_dtype(r["bnb_4bit_compute_dtype"]),
-                                compress_statistics=r["bnb_4bit_use_double_quant"],
-                                quant_type=r["bnb_4bit_quant_type"],
-                                quant_storage=getattr(torch, r["bnb_4bit_quant_storage"]), device="meta")
-        new.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type=r["bnb_4bit_quant_type"],
-                                       compress_statistics=r["bnb_4bit_use_double_quant"],
-                                       quant_storage=getattr(torch, r["bnb_4bit_quant_storage"]),
-                                       module=new).to(device)
+        new = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            compute_dtype=to_torch_dtype(r["bnb_4bit_compute_dtype"]),
+            compress_statistics=r["bnb_4bit_use_double_quant"],
+            quant_type=r["bnb_4bit_quant_type"],
+            quant_storage=getattr(torch, r["bnb_4bit_quant_storage"]),
+            device="meta",
+        )
+        new.weight = bnb.nn.Params4bit(
+            linear.weight.data,
+            requires_grad=False,
+            quant_type=r["bnb_4bit_quant_type"],
+            compress_statistics=r["bnb_4bit_use_double_quant"],
+            quant_storage=getattr(torch, r["bnb_4bit_quant_storage"]),
+            module=new,
+        ).to(device)
         if linear.bias is not None:
             new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
         _cpu_kernel_fix(new)
@@ -122,9 +147,14 @@ class BitsAndBytes4Bit(_BnB):
         import torch
 
         r = cls.resolved(kwargs)
-        new = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias="bias" in tensors,
-                                compute_dtype=to_torch_dtype(r["bnb_4bit_compute_dtype"]),
-                                quant_type=r["bnb_4bit_quant_type"], device="meta")
+        new = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias="bias" in tensors,
+            compute_dtype=to_torch_dtype(r["bnb_4bit_compute_dtype"]),
+            quant_type=r["bnb_4bit_quant_type"],
+            device="meta",
+        )
         stats = {k.removeprefix("weight."): v for k, v in tensors.items() if k.startswith("weight.")}
         new.weight = bnb.nn.Params4bit.from_prequantized(tensors["weight"], stats, device=device, module=new)
         if "bias" in tensors:
@@ -158,8 +188,12 @@ class BitsAndBytes8Bit(_BnB):
     bits = "8-bit LLM.int8 (row-wise absmax)"
     flags = {"load_in_8bit": True, "load_in_4bit": False}
     options = {
-        "llm_int8_threshold": Option(6.0, kind="float", aliases=("threshold",),
-                                     doc="activations above this magnitude take a 16-bit path (outliers)"),
+        "llm_int8_threshold": Option(
+            6.0,
+            kind="float",
+            aliases=("threshold",),
+            doc="activations above this magnitude take a 16-bit path (outliers)",
+        ),
         "llm_int8_has_fp16_weight": Option(False, kind="bool", doc="keep 16-bit weights too (training only)"),
         "llm_int8_skip_modules": _SKIP,
     }
@@ -189,11 +223,17 @@ class BitsAndBytes8Bit(_BnB):
 
         _quiet_cast_notice()
         r = cls.resolved(kwargs)
-        new = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                  has_fp16_weights=r["llm_int8_has_fp16_weight"],
-                                  threshold=r["llm_int8_threshold"], device="meta")
-        new.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False,
-                                       has_fp16_weights=r["llm_int8_has_fp16_weight"]).to(device)
+        new = bnb.nn.Linear8bitLt(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            has_fp16_weights=r["llm_int8_has_fp16_weight"],
+            threshold=r["llm_int8_threshold"],
+            device="meta",
+        )
+        new.weight = bnb.nn.Int8Params(
+            linear.weight.data, requires_grad=False, has_fp16_weights=r["llm_int8_has_fp16_weight"]
+        ).to(device)
         if linear.bias is not None:
             new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
         return new
@@ -213,8 +253,14 @@ class BitsAndBytes8Bit(_BnB):
 
         r = cls.resolved(kwargs)
         _quiet_cast_notice()
-        new = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias="bias" in tensors,
-                                  has_fp16_weights=False, threshold=r["llm_int8_threshold"], device="meta")
+        new = bnb.nn.Linear8bitLt(
+            linear.in_features,
+            linear.out_features,
+            bias="bias" in tensors,
+            has_fp16_weights=False,
+            threshold=r["llm_int8_threshold"],
+            device="meta",
+        )
         weight = bnb.nn.Int8Params(tensors["weight"].to(device), requires_grad=False, has_fp16_weights=False)
         weight.CB, weight.SCB = weight.data, tensors["SCB"].to(device)  # what Int8Params.to() leaves after quantizing
         new.weight = weight

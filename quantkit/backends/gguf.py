@@ -26,8 +26,19 @@ from . import register
 from .base import Backend, Option, to_torch_dtype
 
 # quant type -> (weights per block, bytes per block), as gguf.GGML_QUANT_SIZES has them
-BLOCKS = {"Q8_0": (32, 34), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q4_0": (32, 18), "Q4_1": (32, 20), "BF16": (1, 2),
-          "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210)}
+BLOCKS = {
+    "Q8_0": (32, 34),
+    "Q5_0": (32, 22),
+    "Q5_1": (32, 24),
+    "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
+    "BF16": (1, 2),
+    "Q2_K": (256, 84),
+    "Q3_K": (256, 110),
+    "Q4_K": (256, 144),
+    "Q5_K": (256, 176),
+    "Q6_K": (256, 210),
+}
 WRITABLE = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "BF16")
 FORMAT_VERSION = 1  # bump when the files quantkit writes change
 
@@ -54,8 +65,10 @@ class GGUF(Backend):
     def normalize_kwargs(cls, kwargs):
         out = super().normalize_kwargs(kwargs)
         if out.get("quant_type", "Q8_0") not in WRITABLE and not out.get("gguf_file"):
-            raise ValueError(f"quant_type={out['quant_type']!r}: the gguf package cannot write K-quants. "
-                             f"Use one of {one_of(WRITABLE)}, or pass gguf_file= a published {out['quant_type']} file.")
+            raise ValueError(
+                f"quant_type={out['quant_type']!r}: the gguf package cannot write K-quants. "
+                f"Use one of {one_of(WRITABLE)}, or pass gguf_file= a published {out['quant_type']} file."
+            )
         return out
 
     @classmethod
@@ -105,9 +118,11 @@ class GGUF(Backend):
         if not isinstance(weight, GGUFParameter):
             weight = quantize_tensor(weight.detach(), cls.resolved(kwargs)["quant_type"])
         compute = to_torch_dtype(cls.resolved(kwargs)["compute_dtype"]) or (
-            linear.weight.dtype if linear.weight.is_floating_point() else torch.float32)
-        new = GGUFLinear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                         compute_dtype=compute, device="meta")
+            linear.weight.dtype if linear.weight.is_floating_point() else torch.float32
+        )
+        new = GGUFLinear(
+            linear.in_features, linear.out_features, bias=linear.bias is not None, compute_dtype=compute, device="meta"
+        )
         new.weight = GGUFParameter(weight.data.to(device), quant_type=weight.quant_type)
         if linear.bias is not None:
             new.bias = torch.nn.Parameter(linear.bias.data.to(device), requires_grad=False)
@@ -125,11 +140,18 @@ class GGUF(Backend):
         import torch
         from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
 
-        new = GGUFLinear(linear.in_features, linear.out_features, bias="bias" in tensors,
-                         compute_dtype=getattr(torch, meta["compute_dtype"].removeprefix("torch.")), device="meta")
+        new = GGUFLinear(
+            linear.in_features,
+            linear.out_features,
+            bias="bias" in tensors,
+            compute_dtype=getattr(torch, meta["compute_dtype"].removeprefix("torch.")),
+            device="meta",
+        )
         import gguf
 
-        new.weight = GGUFParameter(tensors["weight"].to(device), quant_type=gguf.GGMLQuantizationType(meta["quant_type"]))
+        new.weight = GGUFParameter(
+            tensors["weight"].to(device), quant_type=gguf.GGMLQuantizationType(meta["quant_type"])
+        )
         if "bias" in tensors:
             new.bias = torch.nn.Parameter(tensors["bias"].to(device), requires_grad=False)
         return new
@@ -148,6 +170,7 @@ def quantize_tensor(weight, quant_type: str):
 
 # -- files --------------------------------------------------------------------------------------
 
+
 def cache_key(folder: Path, quant_type: str, quantize: list[str]) -> str:
     """A key that changes when the source weights, the format or the set of quantized layers change."""
     from ..checkpoint import weight_files
@@ -159,8 +182,9 @@ def cache_key(folder: Path, quant_type: str, quantize: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def write_gguf(folder: str | Path, path: str | Path, quant_type: str, quantize: list[str], *,
-               progress: bool = False) -> Path:
+def write_gguf(
+    folder: str | Path, path: str | Path, quant_type: str, quantize: list[str], *, progress: bool = False
+) -> Path:
     """Write a component's weights to a GGUF file, quantizing the named Linear weights.
 
     Tensors are read one at a time from the component's safetensors. Weights named in `quantize`
@@ -196,8 +220,9 @@ def write_gguf(folder: str | Path, path: str | Path, quant_type: str, quantize: 
         writer.add_string("quantkit.source", str(Path(folder).resolve()))
         writer.add_string("quantkit.quant_type", quant_type)
         writer.add_uint32("quantkit.format_version", FORMAT_VERSION)
-        for key in tqdm(source.keys(), desc=f"GGUF {quant_type} {Path(folder).name}", disable=not progress,
-                        leave=False):
+        for key in tqdm(
+            source.keys(), desc=f"GGUF {quant_type} {Path(folder).name}", disable=not progress, leave=False
+        ):
             tensor = source.get(key).float()
             if key in wanted:
                 writer.add_tensor(key, gguf.quants.quantize(tensor.numpy(), qtype), raw_dtype=qtype)
@@ -222,14 +247,17 @@ def read_gguf(path: str | Path):
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path} does not exist. Check the path, or leave gguf_file out to let "
-                                "quantkit write one.")
+        raise FileNotFoundError(
+            f"GGUF file {path} does not exist. Check the path, or leave gguf_file out to let quantkit write one."
+        )
     try:
         return gguf.GGUFReader(str(path))
     except Exception as err:  # the gguf package raises ValueError, struct.error, IndexError ... on bad files
-        raise ValueError(f"{path} is not a valid GGUF file ({type(err).__name__}: {err}). It is corrupt or "
-                         "truncated: delete it and load again (quantkit rewrites its own files), or download it "
-                         "again.") from None
+        raise ValueError(
+            f"{path} is not a valid GGUF file ({type(err).__name__}: {err}). It is corrupt or "
+            "truncated: delete it and load again (quantkit rewrites its own files), or download it "
+            "again."
+        ) from None
 
 
 def gguf_shapes(reader) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -249,8 +277,10 @@ def check_matches(path: Path, reader, expected: dict[str, tuple[int, ...]], comp
         if wrong:
             k = wrong[0]
             detail.append(f"{len(wrong)} with other shapes (first: {k!r} is {found[k][0]}, expected {expected[k]})")
-        raise ValueError(f"GGUF file {path} does not match component {component!r}: {'; '.join(detail)}. "
-                         "Pass the file made for this model, or leave gguf_file out to let quantkit write one.")
+        raise ValueError(
+            f"GGUF file {path} does not match component {component!r}: {'; '.join(detail)}. "
+            "Pass the file made for this model, or leave gguf_file out to let quantkit write one."
+        )
 
 
 class GGUFSource:
@@ -273,8 +303,10 @@ class GGUFSource:
         if t.tensor_type.name in ("F32", "F16"):
             return data
         if t.tensor_type.name not in BLOCKS:
-            raise ValueError(f"{self.path}: tensor {key!r} has type {t.tensor_type.name}, which quantkit cannot "
-                             f"load. Supported: {', '.join(BLOCKS)}.")
+            raise ValueError(
+                f"{self.path}: tensor {key!r} has type {t.tensor_type.name}, which quantkit cannot "
+                f"load. Supported: {', '.join(BLOCKS)}."
+            )
         return GGUFParameter(data, quant_type=t.tensor_type)
 
     def close(self) -> None:

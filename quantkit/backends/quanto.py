@@ -8,8 +8,6 @@ kernel extension (about 30 s, then cached).
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import register
 from .base import Backend, Option
 
@@ -49,7 +47,9 @@ class Quanto(Backend):
 
             with warnings.catch_warnings():  # diffusers' deprecation notice for QuantoConfig
                 warnings.simplefilter("ignore", FutureWarning)
-                return QuantoConfig(weights_dtype=r["weights_dtype"], modules_to_not_convert=r["modules_to_not_convert"])
+                return QuantoConfig(
+                    weights_dtype=r["weights_dtype"], modules_to_not_convert=r["modules_to_not_convert"]
+                )
         from transformers import QuantoConfig
 
         return QuantoConfig(weights=r["weights_dtype"], modules_to_not_convert=r["modules_to_not_convert"])
@@ -58,8 +58,10 @@ class Quanto(Backend):
     def from_native(cls, config):
         weights = getattr(config, "weights_dtype", None) or getattr(config, "weights", "int8")
         if getattr(config, "activations", None):
-            raise ValueError("quantkit supports weight-only quanto configs; remove activations="
-                             f"{config.activations!r} (activation quantization needs calibration).")
+            raise ValueError(
+                "quantkit supports weight-only quanto configs; remove activations="
+                f"{config.activations!r} (activation quantization needs calibration)."
+            )
         out = {"weights_dtype": weights}
         if getattr(config, "modules_to_not_convert", None):
             out["modules_to_not_convert"] = list(config.modules_to_not_convert)
@@ -84,8 +86,14 @@ class Quanto(Backend):
     def _empty(cls, linear, kwargs, has_bias):
         from optimum.quanto import QLinear
 
-        return QLinear(linear.in_features, linear.out_features, bias=has_bias, device="meta",
-                       dtype=linear.weight.dtype, weights=cls._qtype(kwargs))
+        return QLinear(
+            linear.in_features,
+            linear.out_features,
+            bias=has_bias,
+            device="meta",
+            dtype=linear.weight.dtype,
+            weights=cls._qtype(kwargs),
+        )
 
     @classmethod
     def quantize_linear(cls, linear, kwargs, device):
@@ -104,8 +112,13 @@ class Quanto(Backend):
     def restore_linear(cls, linear, kwargs, tensors, meta, device):
         import torch
 
-        linear = torch.nn.Linear(linear.in_features, linear.out_features, bias="bias" in tensors, device="meta",
-                                 dtype=getattr(torch, meta["dtype"]))
+        linear = torch.nn.Linear(
+            linear.in_features,
+            linear.out_features,
+            bias="bias" in tensors,
+            device="meta",
+            dtype=getattr(torch, meta["dtype"]),
+        )
         new = cls._empty(linear, kwargs, "bias" in tensors)
         new.load_state_dict({k: v.to(device) for k, v in tensors.items()}, assign=True)
         return new

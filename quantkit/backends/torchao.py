@@ -21,9 +21,13 @@ SHORTCUTS: dict[str, tuple[str, dict, bool, int]] = {
     "float8dq": ("Float8DynamicActivationFloat8WeightConfig", {}, True, 8),
     "int4wo": ("Int4WeightOnlyConfig", {"group_size": 128}, True, 4),
 }
-ALIASES = {"int8_weight_only": "int8wo", "int8_dynamic_activation_int8_weight": "int8dq",
-           "float8_weight_only": "float8wo", "float8_dynamic_activation_float8_weight": "float8dq",
-           "int4_weight_only": "int4wo"}
+ALIASES = {
+    "int8_weight_only": "int8wo",
+    "int8_dynamic_activation_int8_weight": "int8dq",
+    "float8_weight_only": "float8wo",
+    "float8_dynamic_activation_float8_weight": "float8dq",
+    "int4_weight_only": "int4wo",
+}
 _CLASS_TO_SHORTCUT = {cls: key for key, (cls, _, _, _) in SHORTCUTS.items()}
 
 
@@ -38,8 +42,9 @@ class TorchAO(Backend):
     pip_spec = "torchao>=0.15"
     bits = "int8 / float8 / int4 tensor subclasses"
     options = {
-        "quant_type": Option("int8wo", kind="torchao", doc="a shortcut (" + ", ".join(SHORTCUTS)
-                             + ") or a torchao AOBaseConfig object"),
+        "quant_type": Option(
+            "int8wo", kind="torchao", doc="a shortcut (" + ", ".join(SHORTCUTS) + ") or a torchao AOBaseConfig object"
+        ),
         "modules_to_not_convert": Option(None, kind="list", doc="module names kept in full precision"),
     }
 
@@ -50,14 +55,18 @@ class TorchAO(Backend):
         if isinstance(value, str):
             key = ALIASES.get(value, value)
             if key not in SHORTCUTS:
-                raise ValueError(f"Unknown torchao quant_type {value!r}.{did_you_mean(value, [*SHORTCUTS, *ALIASES])}"
-                                 f" Use a shortcut ({one_of(SHORTCUTS)}) or a torchao config object such as "
-                                 "torchao.quantization.Int8WeightOnlyConfig().")
+                raise ValueError(
+                    f"Unknown torchao quant_type {value!r}.{did_you_mean(value, [*SHORTCUTS, *ALIASES])}"
+                    f" Use a shortcut ({one_of(SHORTCUTS)}) or a torchao config object such as "
+                    "torchao.quantization.Int8WeightOnlyConfig()."
+                )
             return key
         if _is_aoconfig(value):
             return value
-        raise TypeError(f"torchao quant_type must be a shortcut string ({one_of(SHORTCUTS)}) or a torchao "
-                        f"AOBaseConfig object, got {type(value).__name__}.")
+        raise TypeError(
+            f"torchao quant_type must be a shortcut string ({one_of(SHORTCUTS)}) or a torchao "
+            f"AOBaseConfig object, got {type(value).__name__}."
+        )
 
     @classmethod
     def config_object(cls, kwargs):
@@ -83,13 +92,16 @@ class TorchAO(Backend):
     def device_problem(cls, kwargs, device):
         key = cls.shortcut(kwargs)
         if key and SHORTCUTS[key][2] and not device.startswith("cuda"):
-            return (f"torchao {key!r} ({SHORTCUTS[key][0]}) needs a CUDA GPU (its CPU kernels are missing)",
-                    "on CPU use torchao 'int8wo', 'int8dq' or 'float8wo', quanto 'int4', bitsandbytes_4bit or "
-                    "gguf 'Q4_0'")
+            return (
+                f"torchao {key!r} ({SHORTCUTS[key][0]}) needs a CUDA GPU (its CPU kernels are missing)",
+                "on CPU use torchao 'int8wo', 'int8dq' or 'float8wo', quanto 'int4', bitsandbytes_4bit or gguf 'Q4_0'",
+            )
         if key == "int4wo" and importlib.util.find_spec("mslk") is None:
             # torchao >= 0.16 runs int4 weight-only through the mslk kernels (measured: "Requires mslk >= 1.0.0")
-            return ("package 'mslk' is not installed (torchao 'int4wo' runs on its kernels)",
-                    "pip install 'mslk-cuda>=1.0.0', or use quanto 'int4', bitsandbytes_4bit nf4 or gguf 'Q4_0'")
+            return (
+                "package 'mslk' is not installed (torchao 'int4wo' runs on its kernels)",
+                "pip install 'mslk-cuda>=1.0.0', or use quanto 'int4', bitsandbytes_4bit nf4 or gguf 'Q4_0'",
+            )
         return None
 
     @classmethod

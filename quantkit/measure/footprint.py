@@ -26,8 +26,11 @@ def tensor_storages(t) -> list:
 
     out = []
     kind = type(t).__name__
-    if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter) and kind not in (
-            *QUANTIZED_KINDS,):
+    if (
+        hasattr(t, "__tensor_flatten__")
+        and type(t) not in (torch.Tensor, torch.nn.Parameter)
+        and kind not in (*QUANTIZED_KINDS,)
+    ):
         names, _ = t.__tensor_flatten__()
         for name in names:
             out += tensor_storages(getattr(t, name))
@@ -70,8 +73,9 @@ def is_quantized(t) -> bool:
     kind = type(t).__name__
     if kind == "GGUFParameter":
         return t.quant_type.name not in ("F32", "F16", "BF16")
-    return kind in QUANTIZED_KINDS or (hasattr(t, "__tensor_flatten__") and type(t) not in (
-        torch.Tensor, torch.nn.Parameter))
+    return kind in QUANTIZED_KINDS or (
+        hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter)
+    )
 
 
 def model_bytes(model) -> dict[str, Any]:
@@ -111,8 +115,13 @@ def model_bytes(model) -> dict[str, Any]:
             total += extra
             qbytes += extra
     params += qparams
-    return {"bytes": total, "params": params, "quantized_params": qparams, "quantized_bytes": qbytes,
-            "bits_per_weight": (8 * qbytes / qparams) if qparams else float("nan")}
+    return {
+        "bytes": total,
+        "params": params,
+        "quantized_params": qparams,
+        "quantized_bytes": qbytes,
+        "bits_per_weight": (8 * qbytes / qparams) if qparams else float("nan"),
+    }
 
 
 def _is_buffer_like(t) -> bool:
@@ -144,13 +153,15 @@ def footprint(obj):
     for name, model in items.items():
         row = model_bytes(model)
         row["reported_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
-            b.numel() * b.element_size() for b in model.buffers())
+            b.numel() * b.element_size() for b in model.buffers()
+        )
         rows[name] = row
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "component"
     total = frame.sum(numeric_only=True)
-    total["bits_per_weight"] = 8 * total["quantized_bytes"] / total["quantized_params"] if total[
-        "quantized_params"] else float("nan")
+    total["bits_per_weight"] = (
+        8 * total["quantized_bytes"] / total["quantized_params"] if total["quantized_params"] else float("nan")
+    )
     frame.loc["total"] = total
     for col in ("bytes", "params", "quantized_params", "quantized_bytes", "reported_bytes"):
         frame[col] = frame[col].astype("int64")
@@ -159,6 +170,14 @@ def footprint(obj):
 
 def format_footprint(frame) -> str:
     """The footprint as a readable text table."""
-    rows = [[name, human_bytes(r.bytes), human_bytes(r.reported_bytes), f"{r.params:,}",
-             "-" if r.quantized_params == 0 else f"{r.bits_per_weight:.2f}"] for name, r in frame.iterrows()]
+    rows = [
+        [
+            name,
+            human_bytes(r.bytes),
+            human_bytes(r.reported_bytes),
+            f"{r.params:,}",
+            "-" if r.quantized_params == 0 else f"{r.bits_per_weight:.2f}",
+        ]
+        for name, r in frame.iterrows()
+    ]
     return text_table(["component", "true bytes", "reported", "params", "bits/weight (quantized)"], rows)
