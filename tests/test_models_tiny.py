@@ -100,3 +100,51 @@ def test_t5_tokenizer_words_and_eos():
     ids = tokenizer("a purple triangle at the bottom").input_ids
     assert tokenizer.convert_ids_to_tokens(ids) == ["▁a", "▁purple", "▁triangle", "▁at", "▁the", "▁bottom", "</s>"]
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+
+
+# --- generation defaults (quantkit.models.defaults) ------------------------------------------------------------
+
+
+def test_generation_defaults_fill_missing_kwargs_and_explicit_wins(tmp_path):
+    from diffusers import DiffusionPipeline, FluxPipeline
+
+    from quantkit.models.defaults import apply_generation_defaults, read_generation_defaults
+
+    path = save_tiny_pipeline(tmp_path / "flux", "flux")
+    pipe = DiffusionPipeline.from_pretrained(path)
+    defaults = read_generation_defaults(path)
+    assert defaults == tiny_generation_defaults("flux")
+    apply_generation_defaults(pipe, {**defaults, "output_type": "np"})
+    assert isinstance(pipe, FluxPipeline) and type(pipe).__name__ == "FluxPipeline"
+    plain = pipe("a red circle", generator=torch.Generator().manual_seed(0)).images
+    assert plain.shape == (1, 32, 32, 3)  # without defaults FluxPipeline would draw 128·4 = 512 px
+    explicit = pipe("a red circle", height=64, width=64, generator=torch.Generator().manual_seed(0)).images
+    assert explicit.shape == (1, 64, 64, 3)
+    same = pipe("a red circle", generator=torch.Generator().manual_seed(0)).images
+    np.testing.assert_array_equal(plain, same)
+
+
+def test_generation_defaults_survive_save_pretrained(tmp_path):
+    from diffusers import DiffusionPipeline, FluxPipeline
+
+    from quantkit.models.defaults import apply_generation_defaults, read_generation_defaults
+
+    pipe = apply_generation_defaults(build_tiny_pipeline("flux"), {"height": 32, "num_inference_steps": 3})
+    apply_generation_defaults(pipe, {"height": 32, "width": 32, "num_inference_steps": 3})  # twice: no stacking
+    assert type(pipe).__mro__[1] is FluxPipeline
+    pipe.save_pretrained(tmp_path / "out")
+    index = json.loads((tmp_path / "out" / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxPipeline"
+    assert read_generation_defaults(tmp_path / "out") == {"height": 32, "width": 32, "num_inference_steps": 3}
+    assert type(DiffusionPipeline.from_pretrained(tmp_path / "out")) is FluxPipeline
+
+
+def test_generation_defaults_errors_and_missing_file(tmp_path):
+    from quantkit.models.defaults import apply_generation_defaults, read_generation_defaults
+
+    assert read_generation_defaults(tmp_path) == {}
+    (tmp_path / "generation_defaults.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must hold a JSON object of call kwargs, got list"):
+        read_generation_defaults(tmp_path)
+    with pytest.raises(TypeError, match="defaults must be a dict of call kwargs, got str"):
+        apply_generation_defaults(build_tiny_pipeline("flux"), "height=32")
