@@ -147,47 +147,55 @@ def load_component(c: ComponentPlan, p: LoadPlan, *, progress: bool = False):
 
 
 def _load_gguf(c: ComponentPlan, p: LoadPlan, dtype, progress: bool):
-    from .backends import gguf as g
-
-    path = g.component_file(c.folder, c.spec.kwargs, [f"{n}.weight" for n in c.quantized_layers], progress=progress)
-    from .checkpoint import read_headers
-
-    reader = g.read_gguf(path)
-    expected = {k: s for k, (_, s) in read_headers(c.folder).items()}
-    # quantkit's own files use the component's names; a published file in diffusers names is checked the same
-    # way, while one in the original (e.g. BFL) names is left to diffusers' converter
-    if not c.spec.resolved()["gguf_file"] or set(g.gguf_shapes(reader)) & set(expected):
-        g.check_matches(path, reader, expected, c.name)
-    del reader
+    """Load a GGUF component: quantkit's cached file (written if absent) or the user's `gguf_file`."""
     import torch
 
+    from .backends import gguf as g
     from .backends.base import dtype_name, to_torch_dtype
+    from .checkpoint import read_headers
 
+    path = g.component_file(c.folder, c.spec.kwargs, [f"{n}.weight" for n in c.quantized_layers], progress=progress)
+    reader = g.read_gguf(path)
+    expected = {k: s for k, (_, s) in read_headers(c.folder).items()}
+    own_names = bool(set(g.gguf_shapes(reader)) & set(expected))
+    if own_names or not c.spec.resolved()["gguf_file"]:
+        g.check_matches(path, reader, expected, c.name)
+    del reader
     compute = to_torch_dtype(c.spec.resolved()["compute_dtype"]) or dtype or torch.float32
-    if c.loader.endswith("from_single_file"):
-        from diffusers import GGUFQuantizationConfig
-
-        cls = model_class(c.library, c.class_name)
-        try:
-            model = cls.from_single_file(
-                str(path),
-                quantization_config=GGUFQuantizationConfig(compute_dtype=compute),
-                config=str(p.folder),
-                subfolder=c.name,
-                torch_dtype=dtype,
-            )
-        except Exception as err:  # diffusers' converters raise KeyError, IndexError, RuntimeError ... on wrong files
+    if not own_names:  # a published file in the original model's names: diffusers converts them
+        if c.library != "diffusers" or not hasattr(model_class(c.library, c.class_name), "from_single_file"):
             raise ValueError(
-                f"GGUF file {path} could not be loaded into {c.class_name} ({type(err).__name__}: {err})."
-                " Pass a GGUF file made for this model."
-            ) from None
-        return model.to(p.device).eval()
+                f"GGUF file {path} does not use {c.class_name}'s tensor names and diffusers cannot convert it for "
+                "this class. Leave gguf_file out to let quantkit write a file from this component's weights."
+            )
+        return _from_single_file(c, p, path, dtype, compute)
     kwargs = {**c.spec.kwargs, "compute_dtype": dtype_name(compute)}
 
     def wrap(linear):
         return c.spec.adapter.quantize_linear(linear, kwargs, p.device)
 
     return stream_load(c, g.GGUFSource(path), dtype, p.device, wrap, progress=progress)
+
+
+def _from_single_file(c: ComponentPlan, p: LoadPlan, path, dtype, compute):
+    """Load a published GGUF file through diffusers' single-file path (it converts original tensor names)."""
+    from diffusers import GGUFQuantizationConfig
+
+    cls = model_class(c.library, c.class_name)
+    try:
+        model = cls.from_single_file(
+            str(path),
+            quantization_config=GGUFQuantizationConfig(compute_dtype=compute),
+            config=str(p.folder),
+            subfolder=c.name,
+            torch_dtype=dtype,
+        )
+    except Exception as err:  # diffusers' converters raise KeyError, IndexError, RuntimeError ... on wrong files
+        raise ValueError(
+            f"GGUF file {path} could not be loaded into {c.class_name} ({type(err).__name__}: {err})."
+            " Pass a GGUF file made for this model."
+        ) from None
+    return model.to(p.device).eval()
 
 
 def stream_load(c: ComponentPlan, source, dtype, device: str, quantize, *, progress: bool = False):

@@ -437,10 +437,16 @@ def _plan_quantized(c: ComponentPlan, headers: dict, dtype: str | None, device: 
     c.quantized_layers, c.skipped_layers, c.layers_total = decide_layers(model, c.spec, device)
     c.loader = "quantkit streaming loader"
     if c.spec.backend == "gguf":
-        has_single_file = hasattr(type(model), "from_single_file")
-        c.loader = "GGUF file -> " + ("diffusers from_single_file" if has_single_file else "quantkit streaming loader")
-        if c.spec.resolved()["gguf_file"] and c.library != "diffusers":
-            c.supported, c.problem = False, "published GGUF files use llama.cpp names for text encoders"
+        c.loader = "GGUF file (quantkit's) -> quantkit streaming loader"
+        published = c.spec.resolved()["gguf_file"]
+        if published:
+            from .backends.gguf import gguf_shapes, read_gguf
+
+            own_names = bool(set(gguf_shapes(read_gguf(published))) & set(headers))
+            c.loader = "GGUF file -> " + ("quantkit streaming loader" if own_names else "diffusers from_single_file")
+        if published and not own_names and (c.library != "diffusers" or not hasattr(type(model), "from_single_file")):
+            c.supported = False
+            c.problem = f"the GGUF file does not use {c.class_name}'s tensor names and diffusers cannot convert it"
             c.alternative = (
                 "leave gguf_file out and let quantkit write the file from this component's weights "
                 "(quant_type='Q8_0' ... 'Q4_0')"

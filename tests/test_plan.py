@@ -215,3 +215,22 @@ def test_hub_id_without_network_says_what_to_do(monkeypatch):
         qk.plan("quantkit-tests/not-a-real-pipeline")
     assert "Could not get 'quantkit-tests/not-a-real-pipeline' from the hub" in str(info.value)
     assert "pass a local pipeline folder (or None for the embedded pipeline)" in str(info.value)
+
+
+def test_gguf_streaming_equals_diffusers_single_file(flux_dir):
+    """quantkit reads its own GGUF files itself; diffusers' from_single_file gives the same model and image."""
+    import torch
+
+    from quantkit.load import _from_single_file
+    from tests.helpers import generate, psnr
+
+    c = config("gguf", components=["transformer"], quant_type="Q4_0", compute_dtype="bfloat16")
+    ours = qk.load_pipeline(flux_dir, c, device="cpu", torch_dtype=torch.bfloat16, progress=False)
+    p = ours.quantkit_plan
+    path = sorted(__import__("quantkit.backends.gguf", fromlist=["x"]).cache_dir().glob("transformer-Q4_0-*.gguf"))[0]
+    theirs = _from_single_file(p.components["transformer"], p, path, torch.bfloat16, torch.bfloat16)
+    kinds = {n: type(m).__name__ for n, m in theirs.named_modules()}
+    assert kinds == {n: type(m).__name__ for n, m in ours.transformer.named_modules()}
+    image = generate(ours)
+    ours.transformer = theirs
+    assert psnr(generate(ours), image) >= 60

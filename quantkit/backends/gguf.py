@@ -3,9 +3,12 @@
 diffusers loads GGUF only through `Model.from_single_file(...)`, never from a pipeline-level
 config, and nothing upstream writes GGUF files from a diffusers checkpoint. quantkit does both:
 it quantizes a component's Linear weights into a GGUF file with the `gguf` package (numpy, one
-tensor at a time), caches the file (so the second load does not quantize again), then loads it
-through diffusers' single-file path (diffusers models) or its own streaming loader (transformers
-models, and diffusers models without `from_single_file`). Weights stay packed in memory
+tensor at a time), caches the file (so the second load does not quantize again), then loads it.
+Files in the component's own tensor names (quantkit's, or a published file in diffusers names) are
+read by quantkit's streaming loader, one tensor at a time into the same `GGUFLinear` layers
+diffusers builds (a test checks both give the same image); published files in the original
+model's names (e.g. city96's FLUX GGUFs) go through diffusers' `from_single_file`, which converts
+the names. Weights stay packed in memory
 (`GGUFParameter`) and are dequantized block by block at every matmul.
 
 Block formats, 32 weights a block: Q8_0 = 32 int8 + 1 fp16 scale (8.5 bits/weight); Q5_0/Q5_1 =
@@ -284,12 +287,19 @@ def check_matches(path: Path, reader, expected: dict[str, tuple[int, ...]], comp
 
 
 class GGUFSource:
-    """Tensors of a GGUF file in the SafetensorsSource protocol: packed weights as GGUFParameter."""
+    """Tensors of a GGUF file in the SafetensorsSource protocol: packed weights as GGUFParameter.
+
+    The header is parsed by the `gguf` package; tensor data is read with plain file reads at the offsets it
+    gives (not through its memory map, whose touched pages would count as resident memory).
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.reader = read_gguf(self.path)
-        self._tensors = {t.name: t for t in self.reader.tensors}
+        reader = read_gguf(self.path)
+        self._tensors = {
+            t.name: (int(t.data_offset), int(t.n_bytes), t.tensor_type, tuple(t.data.shape)) for t in reader.tensors
+        }
+        del reader
 
     def keys(self) -> list[str]:
         return list(self._tensors)
@@ -298,16 +308,20 @@ class GGUFSource:
         import torch
         from diffusers.quantizers.gguf.utils import GGUFParameter
 
-        t = self._tensors[key]
-        data = torch.from_numpy(t.data.copy())
-        if t.tensor_type.name in ("F32", "F16"):
-            return data
-        if t.tensor_type.name not in BLOCKS:
+        offset, size, kind, shape = self._tensors[key]
+        if kind.name not in ("F32", "F16") and kind.name not in BLOCKS:
             raise ValueError(
-                f"{self.path}: tensor {key!r} has type {t.tensor_type.name}, which quantkit cannot "
-                f"load. Supported: {', '.join(BLOCKS)}."
+                f"{self.path}: tensor {key!r} has type {kind.name}, which quantkit cannot load. "
+                f"Supported: F32, F16, {', '.join(BLOCKS)}."
             )
-        return GGUFParameter(data, quant_type=t.tensor_type)
+        buffer = bytearray(size)
+        with self.path.open("rb") as f:
+            f.seek(offset)
+            if f.readinto(buffer) != size:
+                raise ValueError(f"{self.path} is truncated: delete it and load again, or download it again.")
+        dtype = {"F32": torch.float32, "F16": torch.float16}.get(kind.name, torch.uint8)
+        data = torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+        return data if kind.name in ("F32", "F16") else GGUFParameter(data, quant_type=kind)
 
     def close(self) -> None:
         self._tensors.clear()
