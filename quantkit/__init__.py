@@ -1,7 +1,8 @@
 """quantkit: learn and explore how diffusers pipelines are quantized.
 
 The workflow, one module each: config (`PipelineQuantizationConfig`, `QuantSpec`) -> plan
-(`plan`) -> load (`load_pipeline`, `save_pipeline`) -> measure (`footprint`) -> show (widgets).
+(`plan`) -> load (`load_pipeline`, `save_pipeline`) -> measure (`footprint`, `compare`) -> show
+(`quantkit.widgets`, plots and reports).
 
 `import quantkit` stays light: torch, diffusers, transformers, the backends and ipywidgets are
 imported only when a function that needs them runs (the names below load on first use).
@@ -22,6 +23,7 @@ EMBEDDED_PIPELINE = Path(__file__).parent / "embedded" / "tiny-flux-shapes"
 from .backends import BACKENDS  # noqa: E402
 from .config import PipelineQuantizationConfig, QuantSpec  # noqa: E402
 from .plan import LoadPlan, plan  # noqa: E402
+from .compare import compare  # noqa: E402  (light too: workers import the heavy stack)
 
 _LAZY = {
     "load_pipeline": "quantkit.load",
@@ -29,7 +31,8 @@ _LAZY = {
     "footprint": "quantkit.measure.footprint",
 }
 
-__all__ = ["BACKENDS", "EMBEDDED_PIPELINE", "LoadPlan", "PipelineQuantizationConfig", "QuantSpec", "plan", *_LAZY]
+__all__ = ["BACKENDS", "EMBEDDED_PIPELINE", "LoadPlan", "PipelineQuantizationConfig", "QuantSpec", "compare", "plan",
+           *_LAZY]
 
 
 def __getattr__(name: str):
