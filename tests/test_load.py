@@ -187,3 +187,14 @@ def test_other_layouts(tiny_pipeline_dir, layout, components, case_id):
     for name in components:
         assert linear_types(getattr(pipe, name)) == {CASES[case_id][2]}, name
     assert psnr(generate(pipe), base) >= CASES[case_id][3] - 5
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_mapped_form_for_every_backend(flux_dir, baseline, case_id):
+    """The same backend through quant_mapping: a QuantSpec for the transformer, the native config for T5."""
+    backend, kwargs, layer_class, min_psnr = CASES[case_id]
+    spec = QuantSpec(backend, **kwargs)
+    t5_config = spec.native("transformers") or spec  # transformers has no GGUF config class: keep the spec
+    pipe = load(flux_dir, PipelineQuantizationConfig(quant_mapping={"transformer": spec, "text_encoder_2": t5_config}))
+    assert linear_types(pipe.transformer) == linear_types(pipe.text_encoder_2) == {layer_class}
+    assert psnr(generate(pipe), baseline[1]) >= min_psnr
