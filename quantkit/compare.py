@@ -875,6 +875,26 @@ def _worker_main(job: dict, messages, lifeline) -> None:
     os.replace(tmp, work / "record.json")
 
 
+def _warm_up_process(device: str) -> None:
+    """Import the whole stack and create the CUDA context before anything is measured.
+
+    A forkserver's worker has the imports already (a no-op then); a spawned worker (CUDA) would otherwise count
+    seconds of imports and the CUDA context (hundreds of MB of host memory) as part of loading the variant.
+    """
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a backend that is not installed: its variants fail with an install hint later
+            pass
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.empty(1, device=device)
+        torch.cuda.synchronize(device)
+
+
 def _generate(pipe, prompt: str, seed: int, call_kwargs: dict):
     import torch
 
@@ -900,6 +920,8 @@ def _run_variant(job: dict, send) -> dict:
     record: dict[str, Any] = {"variant": job["name"], "config": job["config"], "status": "ok", "error": None,
                               "error_type": None, "pid": os.getpid(), "device": device}
     timings: dict[str, float] = {}
+    _warm_up_process(device)
+    timings["imports_s"] = time.perf_counter() - t_start
     record["rss_start"] = current_rss()
     pairs = [(p, s) for p in job["prompts"] for s in job["seeds"]]
     meters = {}

@@ -1,0 +1,163 @@
+"""`quantkit compare`: help, variants files, errors, a full run with its report, and `kill -9` then resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from quantkit.cli import main
+from quantkit.compare import RESULTS_FILE, read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {
+    "baseline": None,
+    "quanto-int8": {"quant_backend": "quanto", "quant_kwargs": {"weights_dtype": "int8"},
+                    "components_to_quantize": ["transformer", "text_encoder_2"]},
+    "gguf-Q8_0": {"quant_backend": "gguf", "quant_kwargs": {"quant_type": "Q8_0"},
+                  "components_to_quantize": ["transformer"]},
+    "torchao-int8wo": {"quant_backend": "torchao", "quant_kwargs": {"quant_type": "int8wo"},
+                       "components_to_quantize": ["transformer"]},
+}
+
+
+@pytest.fixture
+def variants_file(tmp_path):
+    path = tmp_path / "variants.json"
+    path.write_text(json.dumps(VARIANTS))
+    return path
+
+
+def test_help_follows_the_usual_conventions(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: quantkit compare [-h] [-o DIR] [--variants FILE]")
+    for option in ("--out DIR", "--variants FILE", "--prompts PROMPT", "--seeds SEED", "--steps N", "--device",
+                   "--retry-failed", "--sensitivity VARIANT", "examples:"):
+        assert option in out
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2  # a subcommand is required
+    assert "the following arguments are required: COMMAND" in capsys.readouterr().err
+
+
+def test_version_through_python_m():
+    out = subprocess.run([sys.executable, "-m", "quantkit", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.startswith("quantkit ")
+
+
+def test_print_variants_writes_a_file_that_reads_back(flux_dir, tmp_path, capsys):
+    assert main(["compare", str(flux_dir), "--print-variants"]) == 0
+    text = capsys.readouterr().out
+    data = json.loads(text)
+    assert data["baseline"] is None and len(data) == 7
+    (tmp_path / "v.json").write_text(text)
+    from quantkit.compare import default_variants, read_variants
+
+    assert read_variants(tmp_path / "v.json") == default_variants(flux_dir)
+
+
+def test_errors_exit_1_with_a_message_and_run_nothing(flux_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"x": {"quant_backend": "quantoo", "quant_kwargs": {"weights_dtype": "int8"}}}')
+    assert main(["compare", str(flux_dir), "--variants", str(bad), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("quantkit compare: error: Variant 'x' in ")
+    assert "Unknown quant_backend 'quantoo'. Did you mean 'quanto'?" in err
+    assert main(["compare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 1
+    assert "is neither a folder nor a hub id" in capsys.readouterr().err
+    assert not (tmp_path / "o" / RESULTS_FILE).exists()
+
+
+def test_a_run_writes_results_csv_report_and_plots(flux_dir, tmp_path, capsys):
+    variants = tmp_path / "v.json"
+    variants.write_text(json.dumps({k: VARIANTS[k] for k in ("baseline", "quanto-int8")}))
+    out = tmp_path / "out"
+    code = main(["compare", str(flux_dir), "--out", str(out), "--variants", str(variants), "--prompts", "a red circle",
+                 "a blue square", "--seeds", "3", "--steps", "2", "--sensitivity", "auto", "--keep-sensitive", "2",
+                 "-q"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "quanto-int8+keep2" in printed and f"to {out} in " in printed
+    for name in ("results.jsonl", "results.csv", "report.md", "report.html", "memory.png", "peak_memory.png",
+                 "quality.png", "images.png", "sensitivity.png", "images/baseline/p1-s3.png"):
+        assert (out / name).is_file(), name
+    records = read_records(out)
+    assert [r["variant"] for r in records] == ["baseline", "quanto-int8", "quanto-int8+keep2"]
+    keep = records[2]["config"]["quant_mapping"]["transformer"]["modules_to_not_convert"]
+    assert len(keep) == 2
+    report = (out / "report.md").read_text()
+    assert "## Per-layer sensitivity" in report and "keep_in_full_precision(config, 'transformer'" in report
+    assert list((out / "sensitivity").glob("quanto-int8__transformer.*")) != []
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below `pid` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker processes")
+def test_kill_9_mid_run_then_rerun_keeps_finished_records_and_completes(flux_dir, tmp_path, variants_file):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "quantkit", "compare", str(flux_dir), "--out", str(out), "--variants",
+               str(variants_file), "--prompts", "a red circle", "--seeds", "0", "--sensitivity", "none",
+               "--no-report", "-q"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / RESULTS_FILE
+    deadline = time.time() + 120
+    helpers: list[int] = []
+    while time.time() < deadline and proc.poll() is None:
+        # one variant finished, the next one's worker running (beside the fork server and the resource tracker)
+        if results.is_file() and results.read_text().count("\n") >= 1:
+            helpers = _descendants(proc.pid)
+            if len(helpers) >= 3:
+                break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = results.read_text()
+    first = [r["variant"] for r in read_records(out)]
+    assert 1 <= len(first) < len(VARIANTS), "the run was not interrupted; make it slower"
+    assert len(helpers) >= 3
+    # the worker and the fork server notice their parent is gone and stop by themselves
+    deadline = time.time() + 20
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() and "Z" not in _state(p) for p in helpers):
+        time.sleep(0.1)
+    assert [p for p in helpers if Path(f"/proc/{p}").exists() and "Z" not in _state(p)] == []
+
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    text = results.read_text()
+    assert text.startswith(finished.rsplit("\n", 1)[0])  # every finished record kept byte for byte
+    names = [r["variant"] for r in read_records(out)]
+    assert names[: len(first)] == first
+    assert sorted(names) == sorted(VARIANTS) and len(names) == len(set(names))  # completed, none twice
+    assert all(r["status"] == "ok" for r in read_records(out))
+    assert not (out / ".work").exists()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
