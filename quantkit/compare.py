@@ -328,7 +328,8 @@ class CompareResults:
         """{variant: error} of the variants that failed."""
         return {r["variant"]: r.get("error") for r in self.records if r.get("status") != "ok"}
 
-    def save(self, folder: str | Path | None = None, *, formats: tuple[str, ...] = ("md", "html")) -> Path:
+    def save(self, folder: str | Path | None = None, *, formats: tuple[str, ...] = ("md", "html"),
+             progress: bool = False) -> Path:
         """Write results.csv, the plots (PNG) and report.md / report.html into `folder` (default: self.folder).
 
         With another folder, results.jsonl, meta.json, the images and sensitivity tables are copied there first.
@@ -348,9 +349,9 @@ class CompareResults:
                 if (self.folder / name).is_dir():
                     shutil.copytree(self.folder / name, folder / name, dirs_exist_ok=True)
             other = CompareResults.load(folder)
-            write_report(other, formats=formats)
+            write_report(other, formats=formats, progress=progress)
             return folder
-        write_report(self, formats=formats)
+        write_report(self, formats=formats, progress=progress)
         return folder
 
     @classmethod
@@ -504,7 +505,7 @@ def compare(source=None, variants: dict[str, PipelineQuantizationConfig | None] 
         results = CompareResults.load(folder)
         results.meta = meta
         if report:
-            results.save()
+            results.save(progress=progress)
     return results
 
 
@@ -577,7 +578,9 @@ def _start_or_resume(folder: Path, settings: dict) -> dict:
     if (folder / RESULTS_FILE).is_file():
         raise ValueError(f"{folder} has {RESULTS_FILE} but no {META_FILE}; it was not written by quantkit.compare. "
                          "Pass a new output folder.")
-    meta = {"settings": settings, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    from .measure.environment import host
+
+    meta = {"settings": settings, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host()}
     tmp = folder / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, path)
@@ -770,17 +773,19 @@ class _Runner:
         job = self._job("sensitivity", variant, work, config=config, component=component)
         record, code, parent = self._launch(job, bar, f"{variant} per-layer")
         if record is None:
-            return {"variant": variant, "component": component, "status": "error",
-                    "error": _exit_message(code, parent, self.timeout_s)}
+            record = {"variant": variant, "component": component, "status": "error",
+                      "error": _exit_message(code, parent, self.timeout_s)}
+        out = self.folder / SENSITIVITY_DIR
+        out.mkdir(exist_ok=True)
+        base = f"{slug(variant)}__{record.get('component') or component or 'denoiser'}"
         if record.get("status") == "ok":
-            out = self.folder / SENSITIVITY_DIR
-            out.mkdir(exist_ok=True)
-            base = f"{slug(variant)}__{record['component']}"
             os.replace(work / "layers.csv", out / f"{base}.csv")
-            record["timings"] = {**record.get("timings", {}), **{k: v for k, v in parent.items() if k != "timed_out"}}
-            tmp = out / f"{base}.json.tmp"
-            tmp.write_text(json.dumps(_jsonable(record), indent=1))
-            os.replace(tmp, out / f"{base}.json")
+        else:  # kept beside the tables so the failure can be read; no .csv, so a rerun tries again
+            base += ".failed"
+        record["timings"] = {**record.get("timings", {}), **{k: v for k, v in parent.items() if k != "timed_out"}}
+        tmp = out / f"{base}.json.tmp"
+        tmp.write_text(json.dumps(_jsonable(record), indent=1))
+        os.replace(tmp, out / f"{base}.json")
         shutil.rmtree(work, ignore_errors=True)
         return record
 
@@ -837,7 +842,14 @@ def _sensitivity_stage(runner: _Runner, folder: Path, variants: dict, done: dict
     frame = info["frame"]
     worst = list(frame[frame["status"] == "quantized"].dropna(subset=["sqnr_db"])["layer"].head(keep))
     config = PipelineQuantizationConfig.from_dict(record["config"])
-    return {f"{which}+keep{keep}": keep_in_full_precision(config, info["component"], worst)}
+    try:
+        kept = keep_in_full_precision(config, info["component"], worst)
+    except ValueError as err:  # e.g. a config that names no components: say so, the comparison itself is done
+        import warnings
+
+        warnings.warn(f"No '+keep{keep}' variant for {which!r}: {err}", stacklevel=3)
+        return {}
+    return {f"{which}+keep{keep}": kept}
 
 
 def _worker_main(job: dict, messages, lifeline) -> None:

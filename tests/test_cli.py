@@ -161,3 +161,19 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "quantkit" / "embedded" / "tiny-flux-shapes" / "model_index.json").is_file(),
+                    reason="the embedded pipeline has not been trained into the package yet")
+def test_the_main_job_with_its_defaults_finishes_in_under_two_minutes(tmp_path):
+    env = {**os.environ, "QUANTKIT_CACHE": str(tmp_path / "cache")}  # a first run: GGUF files written too
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "quantkit", "compare", "--out", str(tmp_path / "out"), "-q"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - t
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = read_records(tmp_path / "out")
+    assert len(records) == 8 and all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    assert (tmp_path / "out" / "report.md").is_file()
+    assert wall < 120, f"quantkit compare took {wall:.0f} s"

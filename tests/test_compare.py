@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from quantkit import PipelineQuantizationConfig
+from quantkit import EMBEDDED_PIPELINE, PipelineQuantizationConfig
 from quantkit.compare import (
     RESULTS_FILE,
     TIMING_FIELDS,
@@ -154,7 +154,8 @@ def test_resume_after_a_cut_line_and_with_a_new_variant(flux_dir, tmp_path):
 
 
 def test_resume_refuses_other_settings_or_another_config_under_a_known_name(flux_dir, first):
-    with pytest.raises(ValueError, match=r"holds results made with other settings \(seeds: \[0, 1\] there, \[5\] now\)"):
+    other_seeds = r"holds results made with other settings \(seeds: \[0, 1\] there, \[5\] now\)"
+    with pytest.raises(ValueError, match=other_seeds):
         run(flux_dir, first.folder, seeds=[5])
     other = {"baseline": None, "quanto-int8": cfg("quanto", weights_dtype="float8")}
     with pytest.raises(ValueError, match="already holds a variant 'quanto-int8' made with another config"):
@@ -230,3 +231,26 @@ def test_a_variant_past_its_timeout_is_stopped_and_recorded(flux_dir, tmp_path):
     results = run(flux_dir, tmp_path, {"baseline": None}, timeout_s=0.05)
     (record,) = results.records
     assert record["status"] == "error" and record["error"].startswith("TimeoutError")
+
+
+embedded = pytest.mark.skipif(not (EMBEDDED_PIPELINE / "model_index.json").is_file(),
+                              reason="the embedded pipeline has not been trained into the package yet")
+
+
+@embedded
+def test_on_the_embedded_pipeline_two_runs_match_and_adherence_is_scored(tmp_path):
+    variants = {"baseline": None, "quanto-int8": VARIANTS["quanto-int8"]}
+    kwargs = {"prompts": ["a red circle", "a blue square on the left"], "seeds": [0], "num_inference_steps": 8}
+    a = run(None, tmp_path / "a", variants, **kwargs)
+    b = run(None, tmp_path / "b", variants, **kwargs)
+
+    def stable(record):
+        return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
+
+    assert [stable(r) for r in a.records] == [stable(r) for r in b.records]
+    for name, images in a.images.items():
+        np.testing.assert_array_equal(images, b.images[name])
+    frame = a.frame
+    assert (frame["status"] == "ok").all(), a.failed
+    assert frame["adherence"].notna().all()  # shapes prompts on the shapes pipeline: scored for every variant
+    assert frame.loc["quanto-int8", "psnr"] > 30

@@ -64,9 +64,9 @@ def test_compare_on_cuda_records_allocator_peaks(flux_dir, tmp_path):
     from quantkit import PipelineQuantizationConfig
     from quantkit.compare import compare
 
-    variants = {"baseline": None,
-                "quanto-int8": PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                                          components_to_quantize=["transformer"])}
+    int8 = PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
+                                      components_to_quantize=["transformer"])
+    variants = {"baseline": None, "quanto-int8": int8}
     results = compare(flux_dir, variants, prompts=["a red circle"], seeds=[0], out=tmp_path, device="cuda",
                       progress=False)
     frame = results.frame

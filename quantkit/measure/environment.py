@@ -37,6 +37,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def host() -> dict:
+    """What can be said without importing torch: python, platform, versions, cpu, cpu_count."""
+    return {"python": platform.python_version(), "platform": platform.platform(), "versions": versions(),
+            "cpu": cpu_name(), "cpu_count": os.cpu_count()}
+
+
 def environment(device: str = "cpu") -> dict:
     """Versions, platform, CPU, torch threads and the name of `device` (imports torch).
 
@@ -47,9 +53,7 @@ def environment(device: str = "cpu") -> dict:
 
     device = str(device)
     name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else cpu_name()
-    return {"python": platform.python_version(), "platform": platform.platform(), "versions": versions(),
-            "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": device, "device_name": name}
+    return {**host(), "torch_threads": torch.get_num_threads(), "device": device, "device_name": name}
 
 
 def comparable(a: dict | None, b: dict | None) -> bool:
@@ -60,4 +64,4 @@ def comparable(a: dict | None, b: dict | None) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-__all__ = ["comparable", "cpu_name", "environment", "versions"]
+__all__ = ["comparable", "cpu_name", "environment", "host", "versions"]

@@ -216,7 +216,8 @@ def layer_sensitivity(source=None, quantization: Any = None, component: str | No
     if component is None:
         component = next((n for n in DENOISERS if n in models), None)
         if component is None:
-            raise ValueError(f"This pipeline has no transformer or unet; name the component to study, one of {models}.")
+            raise ValueError(f"This pipeline has no transformer or unet; name the component to study, one of "
+                             f"{models}.")
     if component not in models:
         raise ValueError(f"Component {component!r} is not a model of this pipeline; choose one of {models}.")
     if isinstance(quantization, PipelineQuantizationConfig):

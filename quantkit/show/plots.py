@@ -61,7 +61,7 @@ def pareto_front(bytes_: list[float], quality: list[float], higher_is_better: bo
               if b is not None and q is not None and not (isinstance(q, float) and math.isnan(q))]
     points.sort(key=lambda p: (p[0], -p[1]))
     front, best = [], -math.inf
-    for b, q, i in points:
+    for _, q, i in points:
         if q > best:
             front.append(i)
             best = q
@@ -103,8 +103,9 @@ def plot_quality_vs_bytes(frame, metric: str = "psnr", *, reference: str | None 
                 label="Pareto front")
         ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("total bytes (MB)")
-    labels = {"psnr": "PSNR vs. baseline (dB)", "ssim": "SSIM vs. baseline", "lpips": "LPIPS vs. baseline (lower = closer)",
-              "clip_score": "CLIP score", "adherence": "prompt adherence (fraction right)"}
+    labels = {"psnr": "PSNR vs. baseline (dB)", "ssim": "SSIM vs. baseline",
+              "lpips": "LPIPS vs. baseline (lower = closer)", "clip_score": "CLIP score",
+              "adherence": "prompt adherence (fraction right)"}
     ax.set_ylabel(labels.get(metric, metric))
     ax.set_title(title or f"{labels.get(metric, metric)} against memory")
     ax.grid(alpha=0.3)

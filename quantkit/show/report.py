@@ -94,10 +94,9 @@ def html_table(results) -> str:
     return f"<p><b>CompareResults</b> in {html.escape(str(results.folder))}</p>" + _html_table(headers, rows)
 
 
-def write_plots(results, folder: Path | None = None) -> dict[str, Path]:
+def write_plots(results, folder: Path | None = None, *, progress: bool = False) -> dict[str, Path]:
     """Save every plot that has data as PNG into `folder` (default: the results' folder); {name: path}."""
-    from .plots import (plot_image_grid, plot_layer_error, plot_memory, plot_peak_memory,
-                        plot_quality_vs_bytes)
+    from .plots import plot_image_grid, plot_layer_error, plot_memory, plot_peak_memory, plot_quality_vs_bytes
 
     folder = Path(folder or results.folder)
     frame = results.frame
@@ -118,8 +117,10 @@ def write_plots(results, folder: Path | None = None) -> dict[str, Path]:
         figures["sensitivity"] = plot_layer_error(info["frame"], title=f"{component} in {variant}: "
                                                   f"{info.get('quantization', '')}")
         break
+    from tqdm.auto import tqdm
+
     paths = {}
-    for name, fig in figures.items():
+    for name, fig in tqdm(figures.items(), desc="plots", total=len(figures), disable=not progress, leave=False):
         path = folder / f"{name}.png"
         fig.savefig(path, dpi=110)
         paths[name] = path
@@ -203,7 +204,10 @@ def _fmt(v, pattern: str) -> str:
 
 def _settings_text(results) -> list[str]:
     s = results.meta.get("settings", {})
-    env = next((r.get("environment") for r in results.records if r.get("environment")), None) or {}
+    env = next((r.get("environment") for r in results.records if r.get("environment")), None)
+    env = env or results.meta.get("host") or {}  # no variant finished: what the parent saw
+    if s.get("device") == "cpu":
+        env.setdefault("device_name", env.get("cpu", "?"))
     versions = env.get("versions", {})
     lines = [f"- source: `{s.get('source')}`",
              f"- {len(s.get('prompts', []))} prompts × {len(s.get('seeds', []))} seeds per variant; prompts: "
@@ -222,7 +226,7 @@ def _settings_text(results) -> list[str]:
     return lines
 
 
-def write_report(results, *, formats: tuple[str, ...] = ("md", "html")) -> list[Path]:
+def write_report(results, *, formats: tuple[str, ...] = ("md", "html"), progress: bool = False) -> list[Path]:
     """Write results.csv, the PNG plots and report.md / report.html into the results' folder.
 
     Returns:
@@ -234,7 +238,7 @@ def write_report(results, *, formats: tuple[str, ...] = ("md", "html")) -> list[
     csv = folder / "results.csv"
     frame.to_csv(csv)
     written.append(csv)
-    plots = write_plots(results, folder)
+    plots = write_plots(results, folder, progress=progress)
     written += list(plots.values())
     headers, rows = table_rows(results)
     sections = _sections(results, plots)
