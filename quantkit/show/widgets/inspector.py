@@ -45,13 +45,15 @@ class LayerInspector(View):
         top: how many of the worst layers get a checkbox.
         analyze: rank the layers at once (False: wait for the button or `analyze()`).
         out: the folder `measure()` writes its comparison to (default: a temporary folder).
+        **compare_kwargs: passed to `quantkit.compare` by `measure()` (warmup, repeats, use_lpips, timeout_s, ...).
 
     Attributes:
         component: Dropdown of the quantized components.
         checks: {layer: Checkbox} of the ranked layers shown.
         table: the ranking as a DataFrame (worst first), for the current component.
         keep: the ticked layers (tuple); value: the config that keeps them in full precision.
-        effect, quality: HTML panes; measured: the CompareResults of the last `measure()`.
+        effect, quality: HTML panes; measured: the CompareResults of the last `measure()`; measurements: one dict
+            per variant measured so far (variant, kept, bytes, psnr, ssim, status).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class LayerInspector(View):
         top: int = 20,
         analyze: bool = True,
         out: str | Path | None = None,
+        **compare_kwargs,
     ):
         from ...plan import default_device, plan
 
@@ -83,13 +86,14 @@ class LayerInspector(View):
         self.torch_dtype = torch_dtype
         self.top = top
         self.out = Path(out) if out is not None else None
+        self.compare_kwargs = compare_kwargs
         self.config = self._resolve_config(config)
         self.base_plan = plan(source, self.config, device=self.device, torch_dtype=torch_dtype)
         self.plan = self.base_plan
         self.tables: dict[str, Any] = {}  # component -> ranked DataFrame
         self.checks: dict[str, W.Checkbox] = {}
         self.measured = None
-        self._measurements: list[list[str]] = []
+        self.measurements: list[dict] = []  # one per variant measured: variant, kept, bytes, psnr, ssim, status
         self._pipe = None
         self._quiet = False
         self.error: str | None = None
@@ -336,6 +340,7 @@ class LayerInspector(View):
                 torch_dtype=self.torch_dtype,
                 report=False,
                 progress=False,
+                **self.compare_kwargs,
             )
         except Exception as err:
             self.quality.value = error_html(err)
@@ -344,29 +349,39 @@ class LayerInspector(View):
         records = {r["variant"]: r for r in results.records}
         for variant in variants:
             r = records.get(variant, {})
-            if variant == "baseline" or any(row[0] == esc(variant) for row in self._measurements):
+            if variant == "baseline" or any(m["variant"] == variant for m in self.measurements):
                 continue
-            kept = ", ".join(keep) if variant == keep_name else "-"
-            psnr = r.get("psnr")
-            self._measurements.append(
-                [
-                    esc(variant),
-                    f"<span style='{MONO};font-size:11px'>{esc(kept)}</span>",
-                    esc(human_bytes(r.get("bytes"))),
-                    "-" if psnr is None else ("identical" if math.isinf(psnr) else f"{psnr:.1f} dB"),
-                    "-" if r.get("ssim") is None else f"{r['ssim']:.4f}",
-                    esc(r.get("error") or "ok"),
-                ]
+            self.measurements.append(
+                {
+                    "variant": variant,
+                    "kept": list(keep) if variant == keep_name else [],
+                    "bytes": r.get("bytes"),
+                    "psnr": r.get("psnr"),
+                    "ssim": r.get("ssim"),
+                    "status": r.get("error") or "ok",
+                }
             )
+        rows = [
+            [
+                esc(m["variant"]),
+                f"<span style='{MONO};font-size:11px'>{esc(', '.join(m['kept']) or '-')}</span>",
+                esc(human_bytes(m["bytes"])),
+                _db(m["psnr"]),
+                "-" if m["ssim"] is None else f"{m['ssim']:.4f}",
+                esc(m["status"]),
+            ]
+            for m in self.measurements
+        ]
         self.quality.value = (
             "<div style='font-size:12px'><b>Measured</b> against the unquantized pipeline's images (same prompts and "
             "seeds; PSNR higher = closer):</div>"
-            + table_html(["variant", "kept in full precision", "bytes", "PSNR", "SSIM", "status"], self._measurements)
+            + table_html(["variant", "kept in full precision", "bytes", "PSNR", "SSIM", "status"], rows)
         )
         return results
 
     def summary(self) -> str:
-        head = f"LayerInspector: {self.component.value} under {self.base_plan.components[self.component.value].quantization}"
+        label = self.base_plan.components[self.component.value].quantization
+        head = f"LayerInspector: {self.component.value} under {label}"
         if self.table is None:
             return head + (f" ({self.error})" if self.error else " (not ranked yet)")
         frame = self.table
@@ -379,7 +394,17 @@ class LayerInspector(View):
         size = (
             f"size: {human_bytes(c0.bytes_after)} quantized -> {human_bytes(c1.bytes_after)} keeping {len(self.keep)}"
         )
-        return "\n".join([head, "worst layers (SQNR, relative error):", *lines, size])
+        measured = [
+            f"measured {m['variant']}: {human_bytes(m['bytes'])}, PSNR {_db(m['psnr'])} ({m['status']})"
+            for m in self.measurements
+        ]
+        return "\n".join([head, "worst layers (SQNR, relative error):", *lines, size, *measured])
+
+
+def _db(psnr) -> str:
+    if psnr is None:
+        return "-"
+    return "identical" if math.isinf(psnr) else f"{psnr:.1f} dB"
 
 
 def effect_html(before_plan, after_plan, component: str, frame, keep: tuple[str, ...]) -> str:
