@@ -89,6 +89,10 @@ def plot_quality_vs_bytes(frame, metric: str = "psnr", *, reference: str | None 
     fig = _figure(6.0, 4.2)
     ax = fig.add_subplot()
     front = set(pareto_front(x, y, higher_is_better=higher))
+    span_x = (max(v for v in x if v is not None) - min(v for v in x if v is not None)) if any(x) else 1.0
+    span_y = (max(v for v in y if v is not None) - min(v for v in y if v is not None)) if any(
+        v is not None for v in y) else 1.0
+    placed: list[tuple[float, float]] = []
     for i, name in enumerate(names):
         if x[i] is None or y[i] is None:
             continue
@@ -96,7 +100,11 @@ def plot_quality_vs_bytes(frame, metric: str = "psnr", *, reference: str | None 
         ax.scatter(x[i], y[i], s=60 if on_front else 35, color=_PALETTE[0] if on_front else "#999999",
                    edgecolor="black" if on_front else "none", zorder=3)
         label = name + (" (reference)" if name == reference else " (identical)" if math.isinf(raw[i]) else "")
-        ax.annotate(label, (x[i], y[i]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        # labels of points close together are stacked instead of drawn over each other
+        near = sum(1 for px, py in placed if abs(px - x[i]) < 0.08 * (span_x or 1) and abs(py - y[i]) < 0.08 * (
+            span_y or 1))
+        placed.append((x[i], y[i]))
+        ax.annotate(label, (x[i], y[i]), fontsize=8, xytext=(4, 4 - 10 * near), textcoords="offset points")
     pts = sorted((x[i], y[i]) for i in front)
     if len(pts) > 1:
         ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color=_PALETTE[0], alpha=0.6,
@@ -164,7 +172,7 @@ def plot_layer_error(frame, *, top: int = 30, title: str | None = None):
     y = np.arange(len(data))[::-1]
     ax.barh(y, values, color=[_PALETTE[3] if i < 3 else _PALETTE[0] for i in range(len(data))])
     ax.set_yticks(y, list(data["layer"]), fontsize=7)
-    ax.set_xlabel("SQNR of the layer's output, quantized alone (dB; lower = more error)")
+    ax.set_xlabel("SQNR, layer quantized alone (dB; lower = more error)")
     ax.set_xlim(min(0.0, values.min() - 2), values.max() * 1.05 + 1)
     ax.set_title(title or "Per-layer quantization error", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
