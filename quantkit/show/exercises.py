@@ -264,7 +264,7 @@ def check_mapping(config: Any) -> None:
     """04: a diffusers quant_mapping: transformer in quanto int8 (diffusers' QuantoConfig), text_encoder_2 in
     bitsandbytes nf4 with BF16 compute (transformers' BitsAndBytesConfig)."""
     if _pending(config):
-        return _not_yet("build the diffusers PipelineQuantizationConfig(quant_mapping=...) and put it where the `...` is.")
+        return _not_yet("build the diffusers PipelineQuantizationConfig(quant_mapping=...) where the `...` is.")
     if type(config).__module__.split(".")[0] != "diffusers" or type(config).__name__ != "PipelineQuantizationConfig":
         raise AssertionError(
             f"Use diffusers' own class here (from diffusers import PipelineQuantizationConfig), "
