@@ -216,3 +216,135 @@ def test_flux_dev_sizes_match_the_public_figures():
     """The BF16 total the exercises use is the sum of the public component sizes."""
     assert ex.flux_dev_gb() == pytest.approx(23.8 + 9.52 + 0.246 + 0.168)
     assert ex.flux_dev_gb({"transformer": 4, "text_encoder_2": 4}) == pytest.approx(8.744)
+
+
+# -- 06 GGUF -----------------------------------------------------------------------------------------------------
+
+
+def test_06_gguf_bytes(capsys):
+    ex.check_gguf_bytes(..., "Q5_1", (12288, 3072))
+    assert "Not answered yet" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="only the 5-bit codes.*fp16 scale and an fp16 minimum"):
+        ex.check_gguf_bytes(12288 * 3072 * 5 // 8, "Q5_1", (12288, 3072))
+    with pytest.raises(AssertionError, match="size in BF16"):
+        ex.check_gguf_bytes(12288 * 3072 * 2, "Q5_1", (12288, 3072))
+    with pytest.raises(AssertionError, match="size in Q4_0"):
+        ex.check_gguf_bytes(12288 * 96 * 18, "Q5_1", (12288, 3072))
+    ex.check_gguf_bytes(12288 * (3072 // 32) * 24, "Q5_1", (12288, 3072))
+    assert "Correct!" in capsys.readouterr().out
+
+
+# -- 07 measuring honestly ---------------------------------------------------------------------------------------
+
+
+def test_07_compression_ratio(capsys):
+    true_fp, true_q, reported = 1_045_760, 284_640, 1_045_984  # tiny FLUX transformer, float32 vs quanto int8
+    ex.check_compression_ratio(..., true_fp, true_q, reported_bytes=reported)
+    assert "Not answered yet" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="get_memory_footprint"):
+        ex.check_compression_ratio(true_fp / reported, true_fp, true_q, reported_bytes=reported)
+    with pytest.raises(AssertionError, match="upside down"):
+        ex.check_compression_ratio(true_q / true_fp, true_fp, true_q, reported_bytes=reported)
+    ex.check_compression_ratio(true_fp / true_q, true_fp, true_q, reported_bytes=reported)
+    assert "Correct!" in capsys.readouterr().out
+
+
+# -- 08 sensitivity and mixed precision --------------------------------------------------------------------------
+
+
+def _ranking():
+    """A LayerSensitivity with a hand-made ranking, worst first (no pipeline run)."""
+    import pandas as pd
+
+    import quantkit as qk
+    from quantkit.measure.sensitivity import LayerSensitivity
+
+    frame = pd.DataFrame(
+        {
+            "layer": ["proj_out", "x_embedder", "a.to_q", "a.to_k"],
+            "in_features": 64,
+            "out_features": 64,
+            "sqnr_db": [18.0, 19.0, 24.0, 25.0],
+            "rel_error": [0.12, 0.11, 0.06, 0.05],
+            "status": ["quantized"] * 4,
+        }
+    )
+    spec = qk.QuantSpec("bitsandbytes_4bit", bnb_4bit_quant_type="nf4")
+    return LayerSensitivity(component="transformer", quantization=spec.label(), spec=spec, frame=frame)
+
+
+def test_08_kept_layers(capsys):
+    import quantkit as qk
+
+    sens = _ranking()
+
+    def keeping(layers, backend="bitsandbytes_4bit"):
+        kwargs = {"bnb_4bit_quant_type": "nf4"} if backend == "bitsandbytes_4bit" else {"quant_type": "Q4_0"}
+        spec = qk.QuantSpec(backend, modules_to_not_convert=layers, **kwargs)
+        return qk.PipelineQuantizationConfig(quant_mapping={"transformer": spec})
+
+    ex.check_kept_layers(..., sens, n=2)
+    assert "Not answered yet" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="least\\* sensitive"):
+        ex.check_kept_layers(keeping(["a.to_q", "a.to_k"]), sens, n=2)
+    with pytest.raises(AssertionError, match="No layer is kept"):
+        ex.check_kept_layers(keeping([]), sens, n=2)
+    with pytest.raises(AssertionError, match="keep exactly the 2 worst"):
+        ex.check_kept_layers(keeping(["proj_out", "x_embedder", "a.to_q"]), sens, n=2)
+    with pytest.raises(AssertionError, match="same backend"):
+        ex.check_kept_layers(keeping(["proj_out", "x_embedder"], backend="gguf"), sens, n=2)
+    ex.check_kept_layers(keeping(["proj_out", "x_embedder"]), sens, n=2)
+    assert "Correct!" in capsys.readouterr().out
+
+
+# -- 09 save, reload, share --------------------------------------------------------------------------------------
+
+
+def test_09_reloaded(capsys, tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "quantkit_quantization.json").write_text(json.dumps({"quant": {"backend": "gguf"}}))
+    quantized_again = SimpleNamespace(loader="GGUF file (quantkit's) -> quantkit streaming loader")
+    plan = SimpleNamespace(folder=tmp_path, components={"transformer": quantized_again})
+    pipe = SimpleNamespace(quantkit_plan=plan, transformer=SimpleNamespace(quantkit={"backend": "gguf"}))
+
+    ex.check_reloaded(..., tmp_path)
+    assert "Not answered yet" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="quantized again instead of restored"):
+        ex.check_reloaded(pipe, tmp_path)
+    with pytest.raises(AssertionError, match="not the saved folder"):
+        ex.check_reloaded(pipe, tmp_path / "elsewhere")
+    plan.components["transformer"] = SimpleNamespace(loader="quantkit restore")
+    ex.check_reloaded(pipe, tmp_path)
+    assert "Correct!" in capsys.readouterr().out
+
+
+# -- 10 real models on Colab -------------------------------------------------------------------------------------
+
+
+def test_10_fits_budget(capsys):
+    import pandas as pd
+
+    import quantkit as qk
+
+    def estimate(config):  # FLUX.1-dev's two big components, GB as in the notebook's meta-device estimate
+        t5 = 4.3e9 if config.spec_for("text_encoder_2", ["transformer", "text_encoder_2"]) else 9.52e9
+        frame = pd.DataFrame({"bytes after": {"transformer": 6.7e9, "text_encoder_2": t5}})
+        frame.loc["total"] = frame["bytes after"].sum()
+        return frame
+
+    def q4(*components):
+        return qk.PipelineQuantizationConfig(
+            quant_backend="gguf", quant_kwargs={"quant_type": "Q4_0"}, components_to_quantize=list(components)
+        )
+
+    ex.check_fits_budget(..., estimate, 12e9)
+    assert "Not answered yet" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="largest component is 'text_encoder_2'"):
+        ex.check_fits_budget(q4("transformer"), estimate, 12e9)
+    with pytest.raises(AssertionError, match="should be a qk.PipelineQuantizationConfig"):
+        ex.check_fits_budget({"quant_backend": "gguf"}, estimate, 12e9)
+    ex.check_fits_budget(q4("transformer", "text_encoder_2"), estimate, 12e9)
+    assert "Correct!" in capsys.readouterr().out
