@@ -218,6 +218,10 @@ def test_variants_file_round_trip(flux_dir, tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match="must hold a non-empty mapping"):
         read_variants(path)
+    yaml = pytest.importorskip("yaml")
+    path = tmp_path / "variants.yaml"
+    path.write_text(yaml.safe_dump(variants_to_dict(default_variants(flux_dir))))
+    assert read_variants(path) == default_variants(flux_dir)
 
 
 def test_a_dead_worker_is_described():
