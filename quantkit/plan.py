@@ -168,6 +168,11 @@ def resolve_source(source: str | Path | None) -> Path:
     if source is None:
         from . import EMBEDDED_PIPELINE
 
+        if not (EMBEDDED_PIPELINE / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"The embedded pipeline is missing from {EMBEDDED_PIPELINE} (a broken install?). Reinstall quantkit "
+                "(pip install -e . from the repository), or pass a pipeline folder as the source."
+            )
         source = EMBEDDED_PIPELINE
     path = Path(source).expanduser()
     if path.is_dir():
