@@ -20,8 +20,14 @@ from quantkit.backends.base import DTYPES  # noqa: E402
 from quantkit.show.widgets.builder import MARK  # noqa: E402
 from quantkit.widgets import CompareDashboard, ConfigBuilder, LayerInspector  # noqa: E402
 
-FAST = {"prompts": ["a red circle"], "seeds": [0], "num_inference_steps": 2, "warmup": 0, "repeats": 1,
-        "use_lpips": False}
+FAST = {
+    "prompts": ["a red circle"],
+    "seeds": [0],
+    "num_inference_steps": 2,
+    "warmup": 0,
+    "repeats": 1,
+    "use_lpips": False,
+}
 
 
 def values(dropdown) -> list:
@@ -39,12 +45,18 @@ def builder(flux_dir):
 
 # -- ConfigBuilder --------------------------------------------------------------------------------------------
 
+
 def test_builder_starts_with_a_valid_config_and_its_plan(builder):
     assert builder.components.value == ("transformer", "text_encoder_2")
-    assert builder.value == PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                                       components_to_quantize=["transformer", "text_encoder_2"])
+    assert builder.value == PipelineQuantizationConfig(
+        quant_backend="quanto",
+        quant_kwargs={"weights_dtype": "int8"},
+        components_to_quantize=["transformer", "text_encoder_2"],
+    )
     assert builder.plan.quantized == ["text_encoder_2", "transformer"] or set(builder.plan.quantized) == {
-        "transformer", "text_encoder_2"}
+        "transformer",
+        "text_encoder_2",
+    }
     assert "quanto int8" in builder.plan_html.value and "✓ loads on cpu" in builder.plan_html.value
     assert builder.error is None and builder.message.value == ""
 
@@ -79,9 +91,12 @@ def test_option_controls_fit_each_option_kind(builder):
     o["bnb_4bit_compute_dtype"].value = "bfloat16"
     o["bnb_4bit_use_double_quant"].value = True
     o["llm_int8_skip_modules"].value = "proj_out, x_embedder"
-    assert builder.value.quant_kwargs == {"bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16",
-                                          "bnb_4bit_use_double_quant": True,
-                                          "llm_int8_skip_modules": ["proj_out", "x_embedder"]}
+    assert builder.value.quant_kwargs == {
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_compute_dtype": "bfloat16",
+        "bnb_4bit_use_double_quant": True,
+        "llm_int8_skip_modules": ["proj_out", "x_embedder"],
+    }
     skipped = builder.plan.components["transformer"].skipped_layers
     assert {"proj_out", "x_embedder"} <= set(skipped)
     assert builder.plan.bytes_after > plain  # two layers left in full precision outweigh double quantization
@@ -132,12 +147,14 @@ def test_mapping_mode_gives_a_row_per_component(builder):
     assert builder.rows["transformer"].backend.value == "torchao"  # rows start from the simple form's choice
     builder.rows["transformer"].backend.value = "gguf"
     builder.rows["transformer"].options["quant_type"].value = "Q4_0"
-    expected = {"transformer": QuantSpec("gguf", quant_type="Q4_0"),
-                "text_encoder_2": QuantSpec("torchao", quant_type="int8wo")}
+    expected = {
+        "transformer": QuantSpec("gguf", quant_type="Q4_0"),
+        "text_encoder_2": QuantSpec("torchao", quant_type="int8wo"),
+    }
     assert builder.value.is_granular and builder.value.specs == expected
     assert builder.plan.components["transformer"].quantization == "gguf Q4_0"
     assert "from_single_file" in builder.code_diffusers.value  # diffusers loads GGUF per component
-    assert "QuantSpec(\"gguf\", quant_type=\"Q4_0\")" in builder.code_quantkit.value
+    assert 'QuantSpec("gguf", quant_type="Q4_0")' in builder.code_quantkit.value
     builder.components.value = ("text_encoder_2",)
     assert list(builder.value.specs) == ["text_encoder_2"]
     builder.components.value = ()
@@ -147,15 +164,19 @@ def test_mapping_mode_gives_a_row_per_component(builder):
 
 
 def test_value_setter_shows_a_config_in_the_controls(builder):
-    config = PipelineQuantizationConfig(quant_mapping={"transformer": QuantSpec("bitsandbytes_4bit",
-                                                                                bnb_4bit_quant_type="nf4"),
-                                                       "text_encoder": QuantSpec("quanto", weights="int4")})
+    config = PipelineQuantizationConfig(
+        quant_mapping={
+            "transformer": QuantSpec("bitsandbytes_4bit", bnb_4bit_quant_type="nf4"),
+            "text_encoder": QuantSpec("quanto", weights="int4"),
+        }
+    )
     builder.value = config
     assert builder.mode.value == "mapping" and builder.components.value == ("text_encoder", "transformer")
     assert builder.rows["transformer"].options["bnb_4bit_quant_type"].value == "nf4"
     assert builder.value == config
-    simple = PipelineQuantizationConfig(quant_backend="gguf", quant_kwargs={"quant_type": "Q5_0"},
-                                        components_to_quantize=["transformer"])
+    simple = PipelineQuantizationConfig(
+        quant_backend="gguf", quant_kwargs={"quant_type": "Q5_0"}, components_to_quantize=["transformer"]
+    )
     builder.value = simple
     assert builder.mode.value == "simple" and builder.backend.value == "gguf" and builder.value == simple
 
@@ -166,8 +187,10 @@ def test_quantkit_code_rebuilds_the_same_config(builder, flux_dir):
         if setup == "mapping":
             builder.rows["transformer"].backend.value = "gguf"
         namespace = {}
-        exec(builder.code_quantkit.value.split("pipe = ")[0].replace(
-            "print(quantkit.plan", "plan = (quantkit.plan"), namespace)
+        exec(
+            builder.code_quantkit.value.split("pipe = ")[0].replace("print(quantkit.plan", "plan = (quantkit.plan"),
+            namespace,
+        )
         assert namespace["config"] == builder.value
         assert namespace["plan"].quantized == builder.plan.quantized
 
@@ -182,7 +205,8 @@ def test_diffusers_code_builds_diffusers_own_config(builder):
     assert isinstance(config, diffusers.PipelineQuantizationConfig)
     expected = builder.value.to_diffusers(builder.plan.libraries())
     assert {n: type(c).__module__ + type(c).__name__ for n, c in config.quant_mapping.items()} == {
-        n: type(c).__module__ + type(c).__name__ for n, c in expected.quant_mapping.items()}
+        n: type(c).__module__ + type(c).__name__ for n, c in expected.quant_mapping.items()
+    }
     assert config.quant_mapping["text_encoder_2"].weights == "int8"  # transformers' spelling
     assert config.quant_mapping["transformer"].weights_dtype == "int8"  # diffusers' spelling
     builder.mode.value = "simple"
@@ -229,13 +253,15 @@ def test_importing_quantkit_widgets_exposes_the_classes():
 
 # -- CompareDashboard -----------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def dashboard(flux_dir, tmp_path_factory):
     mine = ConfigBuilder(flux_dir, device="cpu")
     mine.backend.value = "gguf"
     mine.components.value = ("transformer",)
-    d = CompareDashboard(flux_dir, ["quanto-int8", ("mine", mine)], out=tmp_path_factory.mktemp("dash"),
-                         device="cpu", **FAST)
+    d = CompareDashboard(
+        flux_dir, ["quanto-int8", ("mine", mine)], out=tmp_path_factory.mktemp("dash"), device="cpu", **FAST
+    )
     t = time.perf_counter()
     results = d.run()
     d.first_run_s = time.perf_counter() - t
@@ -335,19 +361,36 @@ def test_a_run_in_the_background_updates_the_widgets(dashboard):
 
 # -- LayerInspector -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def inspector(flux_dir, tmp_path_factory):
-    config = PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                        components_to_quantize=["transformer", "text_encoder_2"])
-    return LayerInspector(flux_dir, config, prompts=["a red circle"], seeds=[0], device="cpu",
-                          call_kwargs={"num_inference_steps": 2}, top=10, out=tmp_path_factory.mktemp("inspect"),
-                          warmup=0, repeats=1, use_lpips=False)
+    config = PipelineQuantizationConfig(
+        quant_backend="quanto",
+        quant_kwargs={"weights_dtype": "int8"},
+        components_to_quantize=["transformer", "text_encoder_2"],
+    )
+    return LayerInspector(
+        flux_dir,
+        config,
+        prompts=["a red circle"],
+        seeds=[0],
+        device="cpu",
+        call_kwargs={"num_inference_steps": 2},
+        top=10,
+        out=tmp_path_factory.mktemp("inspect"),
+        warmup=0,
+        repeats=1,
+        use_lpips=False,
+    )
 
 
 def test_inspector_ranks_the_layers_worst_first(inspector):
     li = inspector
-    assert li.component.value == "transformer" and values(li.component) == ["text_encoder_2", "transformer"] or set(
-        values(li.component)) == {"transformer", "text_encoder_2"}
+    assert (
+        li.component.value == "transformer"
+        and values(li.component) == ["text_encoder_2", "transformer"]
+        or set(values(li.component)) == {"transformer", "text_encoder_2"}
+    )
     sqnr = list(li.table[li.table["status"] == "quantized"]["sqnr_db"])
     assert sqnr == sorted(sqnr) and len(sqnr) == 28
     assert list(li.checks) == list(li.table["layer"][:10])
@@ -397,8 +440,11 @@ def test_inspector_reads_a_ranking_from_compare_results(inspector, flux_dir, tmp
     from quantkit.compare import CompareResults
 
     config = inspector.config
-    results = CompareResults(folder=tmp_path, records=[{"variant": "q8", "config": config.to_dict()}],
-                             sensitivity={("q8", "transformer"): {"frame": inspector.tables["transformer"]}})
+    results = CompareResults(
+        folder=tmp_path,
+        records=[{"variant": "q8", "config": config.to_dict()}],
+        sensitivity={("q8", "transformer"): {"frame": inspector.tables["transformer"]}},
+    )
     li = LayerInspector(flux_dir, results=results, variant="q8", device="cpu")
     assert li.config == config and li._pipe is None  # nothing was loaded or measured
     assert list(li.checks) == list(inspector.tables["transformer"]["layer"][:20])

@@ -24,6 +24,7 @@ from ...config import PipelineQuantizationConfig
 from ._base import BAD, GREY, View, error_html, esc, figure_png, set_visible, table_html
 from .builder import WIDE, ConfigBuilder
 
+DPI = 72  # resolution of the plots shown (the PNGs travel to the browser: keep them small)
 WORKER_PREFIX = "quantkit-"  # compare names its worker processes "quantkit-<variant>"
 CANCELLED = "cancelled"
 
@@ -387,7 +388,9 @@ class CompareDashboard(View):
             self.errors["plots"] = f"{type(err).__name__}: {err}"
         for image, fig in drawn.items():
             if fig is not None:
-                image.value = figure_png(fig, dpi=72)
+                image.value = figure_png(fig, dpi=DPI)
+                # at its own size: a flex box would otherwise stretch the picture to the full width
+                image.layout.width = f"{round(fig.get_size_inches()[0] * DPI)}px"
             set_visible(image, fig is not None)
 
     def summary(self) -> str:

@@ -108,7 +108,9 @@ class LayerInspector(View):
             raise ValueError(f"Component {first!r} is not quantized by this config; choose one of {quantized}.")
         self.component = W.Dropdown(options=quantized, value=first, description="component")
         self.analyze_button = W.Button(description="Rank layers")
-        self.measure_button = W.Button(description="Measure image quality", icon="image", button_style="info")
+        self.measure_button = W.Button(
+            description="Measure image quality", icon="image", button_style="info", layout=W.Layout(width="auto")
+        )
         self.clear_button = W.Button(description="Untick all")
         self.heading = W.HTML()
         self.rows = W.VBox()
