@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import inspect
 import json
+import warnings
 from typing import Any
 
 from ...config import PipelineQuantizationConfig
@@ -104,7 +105,9 @@ def _native_args(obj: Any, keep: set[str] = frozenset()) -> dict[str, Any]:
     (and those named in `keep`, even at their default)."""
     cls = type(obj)
     try:
-        reference = cls()
+        with warnings.catch_warnings():  # e.g. diffusers' deprecation notice for QuantoConfig
+            warnings.simplefilter("ignore")
+            reference = cls()
     except Exception:  # a class with a required argument (TorchAoConfig's quant_type)
         reference = None
     args = {}

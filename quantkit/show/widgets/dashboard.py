@@ -299,7 +299,8 @@ class CompareDashboard(View):
                     self.cancelled.discard(name)
                 if results is not None:
                     self._show_results(results, variants)
-                self.progress.value += 1
+                if name not in self.cancelled:
+                    self.progress.value += 1
         finally:
             self._running = None
             self.run_button.disabled, self.cancel_button.disabled = False, True
