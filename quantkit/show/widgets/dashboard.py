@@ -311,6 +311,7 @@ class CompareDashboard(View):
         """Run in a background thread (what the Run button does), so that Cancel can be clicked meanwhile."""
         if self._thread is not None and self._thread.is_alive():
             return
+        self.run_button.disabled = True  # at once: a second click must not start a second run
         self._thread = threading.Thread(target=self.run, name="quantkit-dashboard", daemon=True)
         self._thread.start()
 
