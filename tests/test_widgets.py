@@ -121,6 +121,17 @@ def test_choices_this_device_cannot_run_are_marked_with_the_reason(builder):
     assert builder.plan.device == "cuda"
 
 
+def test_a_backend_whose_package_is_missing_is_marked_with_the_install_command(flux_dir, monkeypatch):
+    # Colab ships no gguf, bitsandbytes or optimum-quanto: the builder must say so instead of failing
+    monkeypatch.setattr(REGISTRY["gguf"], "module", "quantkit_no_such_package")
+    b = ConfigBuilder(flux_dir, device="cpu")
+    assert labels(b.backend)["gguf"].endswith(MARK) and not labels(b.backend)["quanto"].endswith(MARK)
+    b.backend.value = "gguf"
+    assert "not installed" in b.simple.notes.value
+    assert b.plan.problems()["transformer"] == "package 'quantkit_no_such_package' is not installed"
+    assert "pip install" in b.plan_html.value
+
+
 def test_invalid_choices_give_no_value_and_say_why(builder):
     builder.backend.value = "gguf"
     builder.options["quant_type"].value = "Q4_K"
