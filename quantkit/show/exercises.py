@@ -555,8 +555,10 @@ def check_fits_budget(config: Any, estimate: Callable, budget_bytes: float) -> N
     if total <= budget_bytes:
         return _ok(f"{total / GB:.2f} GB of weights, within the {budget_bytes / GB:.1f} GB budget.")
     parts = frame.drop(index="total")["bytes after"].sort_values(ascending=False)
+    biggest = parts.index[0]
+    spec = config.spec_for(biggest, list(parts.index))
+    advice = f"it is already in {spec.label()}: give it fewer bits" if spec else "quantize it"
     raise AssertionError(
         f"The weights take {total / GB:.2f} GB, {(total - budget_bytes) / GB:.2f} GB over the {budget_bytes / GB:.1f} "
-        f"GB budget. The largest component is {parts.index[0]!r} at {parts.iloc[0] / GB:.2f} GB: quantize it, or "
-        "give it fewer bits."
+        f"GB budget. The largest component is {biggest!r} at {parts.iloc[0] / GB:.2f} GB: {advice}."
     )
