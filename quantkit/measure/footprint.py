@@ -175,7 +175,7 @@ def format_footprint(frame) -> str:
             name,
             human_bytes(r.bytes),
             human_bytes(r.reported_bytes),
-            f"{r.params:,}",
+            f"{int(r.params):,}",
             "-" if r.quantized_params == 0 else f"{r.bits_per_weight:.2f}",
         ]
         for name, r in frame.iterrows()
