@@ -148,3 +148,13 @@ def test_generation_defaults_errors_and_missing_file(tmp_path):
         read_generation_defaults(tmp_path)
     with pytest.raises(TypeError, match="defaults must be a dict of call kwargs, got str"):
         apply_generation_defaults(build_tiny_pipeline("flux"), "height=32")
+
+
+def test_import_quantkit_models_stays_light():
+    import subprocess
+    import sys
+
+    heavy = "('torch', 'diffusers', 'transformers')"
+    code = f"import sys, quantkit.models; print(sorted(m for m in {heavy} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -8,10 +8,12 @@ judge image quality (the trained `quantkit/embedded/tiny-flux-shapes` pipeline i
 Layouts (the component names are the real pipelines' names, so `components_to_quantize=["transformer",
 "text_encoder_2"]` means the same thing here as on FLUX.1-dev):
 
-    layout    pipeline                  transformer                text encoders
-    "flux"    FluxPipeline              FluxTransformer2DModel     text_encoder=CLIPTextModel, text_encoder_2=T5EncoderModel
-    "sd3"     StableDiffusion3Pipeline  SD3Transformer2DModel      2 × CLIPTextModelWithProjection, text_encoder_3=T5
-    "pixart"  PixArtSigmaPipeline       PixArtTransformer2DModel   text_encoder=T5EncoderModel
+    layout    pipeline                  transformer               text encoders
+    "flux"    FluxPipeline              FluxTransformer2DModel    text_encoder=CLIP, text_encoder_2=T5
+    "sd3"     StableDiffusion3Pipeline  SD3Transformer2DModel     text_encoder(_2)=CLIP+projection, text_encoder_3=T5
+    "pixart"  PixArtSigmaPipeline       PixArtTransformer2DModel  text_encoder=T5
+
+(CLIP = `CLIPTextModel`, T5 = `T5EncoderModel`.)
 
 All three share one VAE design: `AutoencoderKL` with three resolution levels (a 32×32 image becomes an 8×8
 latent, `vae_scale_factor=4`) and 16 latent channels, so FLUX's 2×2 packing gives 16 tokens of 64 channels.
@@ -34,6 +36,7 @@ Sizes on disk with the default configs (fp32 safetensors): flux ≈ 3.0 MB, sd3 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,30 +84,50 @@ FLUX_TRANSFORMER_CONFIG = dict(
 )
 
 
+def _bpe_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair-encoding merges that make every word a single token (CLIP's style: "</w>" marks a word's end).
+
+    Plain BPE training, written out because `tokenizers`' BpeTrainer breaks ties between equally frequent pairs
+    in hash order, which changes from one process to the next (and with it every token id). Here ties go to the
+    alphabetically first pair, so the tokenizer — and everything trained on its ids — is reproducible.
+    """
+    splits = [list(word[:-1]) + [word[-1] + "</w>"] for word in words]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts = Counter(pair for symbols in splits for pair in zip(symbols, symbols[1:], strict=False))
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for index, symbols in enumerate(splits):
+            merged, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            splits[index] = merged
+
+
 def build_clip_tokenizer(max_length: int = TEXT_LENGTH):
     """A byte-level BPE CLIP tokenizer over the shapes vocabulary (each prompt word is one token).
 
     It adds `<|startoftext|>` and `<|endoftext|>` around every prompt (CLIPTokenizer's post-processor): CLIP's
     pooled output is read at the first end token, so without them it would be the same for every prompt.
-    Words outside the vocabulary fall back to byte-level pieces, so any prompt still tokenizes.
+    Words outside the vocabulary fall back to byte-level pieces, so any prompt still tokenizes. Built the same
+    way in every process (see `_bpe_merges`).
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix="", unk_token=eos))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,  # more than enough for every word to merge into a single token
-        special_tokens=[bos, eos],  # ids 0 and 1
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator(vocabulary(), trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) for m in model["merges"]]
-    return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=max_length)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # 256 printable stand-ins for the 256 bytes
+    merges = _bpe_merges(vocabulary())  # the words are ASCII, which ByteLevel maps to themselves
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
+    tokens += [a + b for a, b in merges]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}  # ids 0 and 1 are BOS and EOS
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
 def build_t5_tokenizer(max_length: int = TEXT_LENGTH):
@@ -280,7 +303,9 @@ def _build_pixart_pipeline(seed: int):
     )
 
 
-def build_tiny_pipeline(layout: str = "flux", seed: int = 0, torch_dtype: torch.dtype | None = None) -> DiffusionPipeline:
+def build_tiny_pipeline(
+    layout: str = "flux", seed: int = 0, torch_dtype: torch.dtype | None = None
+) -> DiffusionPipeline:
     """Build a tiny pipeline with random weights (deterministic for `seed`), in memory.
 
     Args:
@@ -307,7 +332,12 @@ def tiny_generation_defaults(layout: str = "flux") -> dict:
     """The call kwargs that suit a tiny pipeline: 32×32 pixels, 16 text tokens, 2 steps."""
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown layout {layout!r}; choose one of {', '.join(map(repr, LAYOUTS))}.")
-    defaults = {"height": IMAGE_SIZE, "width": IMAGE_SIZE, "num_inference_steps": 2, "max_sequence_length": TEXT_LENGTH}
+    defaults = {
+        "height": IMAGE_SIZE,
+        "width": IMAGE_SIZE,
+        "num_inference_steps": 2,
+        "max_sequence_length": TEXT_LENGTH,
+    }
     if layout == "pixart":
         defaults["use_resolution_binning"] = False  # binning only knows PixArt's real sample sizes
         defaults["clean_caption"] = False  # caption cleaning needs ftfy and bs4, and our prompts are clean
