@@ -97,7 +97,8 @@ def test_scorer_on_blank_and_noise_images():
 def test_scorer_accepts_float_arrays_like_pipeline_output():
     image = render_shape("purple", "triangle", "at the bottom", seed=5)
     as_float = np.asarray(image).astype(np.float32) / 255.0
-    assert score_image(as_float, "a purple triangle at the bottom") == score_image(image, "a purple triangle at the bottom")
+    prompt = "a purple triangle at the bottom"
+    assert score_image(as_float, prompt) == score_image(image, prompt)
 
 
 def test_heldout_pairs():

@@ -81,7 +81,7 @@ def vocabulary() -> list[str]:
 
 
 def make_prompt(color: str, shape: str, position: str = "", size: str = "") -> str:
-    """"a {size} {color} {shape} {position}", leaving out empty parts: `make_prompt("red", "circle")` → "a red circle"."""
+    """The prompt "a {size} {color} {shape} {position}" without empty parts: ("red", "circle") → "a red circle"."""
     _check(color, shape, position, size)
     return " ".join(part for part in ("a", size, color, shape, position) if part)
 
@@ -106,13 +106,19 @@ def parse_prompt(prompt: str) -> dict:
     if match is None:
         raise ValueError(
             f"Cannot score {prompt!r}: prompts must read 'a [small|large] <color> <shape> [<position>]' with "
-            f"color in {COLORS}, shape in {SHAPES}, position in {POSITIONS[1:]}, e.g. 'a small red circle on the left'."
+            f"color in {COLORS}, shape in {SHAPES}, position in {POSITIONS[1:]}, "
+            "e.g. 'a small red circle on the left'."
         )
     return {key: value or "" for key, value in match.groupdict().items()}
 
 
 def _check(color: str, shape: str, position: str, size: str) -> None:
-    for value, allowed, what in ((color, COLORS, "color"), (shape, SHAPES, "shape"), (position, POSITIONS, "position"), (size, SIZES, "size")):
+    for value, allowed, what in (
+        (color, COLORS, "color"),
+        (shape, SHAPES, "shape"),
+        (position, POSITIONS, "position"),
+        (size, SIZES, "size"),
+    ):
         if value not in allowed:
             raise ValueError(f"Unknown {what} {value!r}; choose one of {allowed}.")
 
@@ -234,7 +240,7 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray:
     height, width = mask.shape
     labels = np.zeros(mask.shape, dtype=np.int32)
     best_label, best_size, label = 0, 0, 0
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=True):
         if labels[start]:
             continue
         label += 1
@@ -280,8 +286,17 @@ def analyze_image(image) -> dict:
     background = np.median(border, axis=0)
     distance = np.linalg.norm(pixels - background, axis=-1)
     blob = _largest_blob(distance > FOREGROUND_DISTANCE)
-    empty = {"color": None, "shape": None, "position": None, "size": None, "fill_ratio": 0.0, "area": 0,
-             "bbox": None, "dx": 0.0, "dy": 0.0}
+    empty = {
+        "color": None,
+        "shape": None,
+        "position": None,
+        "size": None,
+        "fill_ratio": 0.0,
+        "area": 0,
+        "bbox": None,
+        "dx": 0.0,
+        "dy": 0.0,
+    }
     if blob.sum() < MIN_BLOB_PIXELS * scale**2:
         return empty
     median = np.median(pixels[blob], axis=0)
@@ -315,8 +330,17 @@ def analyze_image(image) -> dict:
         position = "at the top" if dy < 0 else "at the bottom"
     side = max(box_w, box_h) / scale
     size = "small" if side <= SMALL_MAX_SIDE else "large" if side >= LARGE_MIN_SIDE else ""
-    return {"color": color, "shape": shape, "position": position, "size": size, "fill_ratio": round(fill, 3),
-            "area": round(area, 1), "bbox": (x0, y0, x1, y1), "dx": round(dx, 2), "dy": round(dy, 2)}
+    return {
+        "color": color,
+        "shape": shape,
+        "position": position,
+        "size": size,
+        "fill_ratio": round(fill, 3),
+        "area": round(area, 1),
+        "bbox": (x0, y0, x1, y1),
+        "dx": round(dx, 2),
+        "dy": round(dy, 2),
+    }
 
 
 def score_image(image, prompt: str) -> dict:
@@ -354,7 +378,7 @@ def score_images(images, prompts: list[str]):
     if len(images) != len(prompts):
         raise ValueError(f"Got {len(images)} images but {len(prompts)} prompts; pass one prompt per image.")
     rows = []
-    for image, prompt in zip(images, prompts):
+    for image, prompt in zip(images, prompts, strict=True):
         result = score_image(image, prompt)
         seen = result.pop("predicted")
         checks = [result[k] for k in ("color_ok", "shape_ok", "position_ok", "size_ok") if result[k] is not None]
@@ -377,6 +401,7 @@ def adherence_summary(df) -> dict:
     Returns:
         dict with n, color, shape, position, n_position, size, n_size, all.
     """
+
     def rate(column: str) -> tuple[float, int]:
         values = df[column].dropna()
         return (float(values.astype(bool).mean()) if len(values) else float("nan")), int(len(values))
