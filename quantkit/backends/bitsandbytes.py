@@ -231,8 +231,10 @@ class BitsAndBytes8Bit(_BnB):
             threshold=r["llm_int8_threshold"],
             device="meta",
         )
+        # Int8Params quantizes only when it moves *from the CPU* (a weight already on the GPU would stay in 16/32
+        # bits until the first forward), so the streamed weight starts on the CPU and is quantized on `device`.
         new.weight = bnb.nn.Int8Params(
-            linear.weight.data, requires_grad=False, has_fp16_weights=r["llm_int8_has_fp16_weight"]
+            linear.weight.data.cpu(), requires_grad=False, has_fp16_weights=r["llm_int8_has_fp16_weight"]
         ).to(device)
         if linear.bias is not None:
             new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
