@@ -120,10 +120,16 @@ def test_gguf_cannot_serve_a_conv_only_vae(flux_dir):
 # -- GGUF files ---------------------------------------------------------------------------------------
 
 
-def _gguf_files():
+@pytest.fixture(autouse=True)
+def _own_gguf_cache(tmp_path, monkeypatch):
+    """Each test here sees only the GGUF files it wrote itself."""
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+
+
+def _gguf_files(pattern="transformer-Q8_0-*.gguf"):
     from quantkit.backends.gguf import cache_dir
 
-    return sorted(cache_dir().glob("transformer-Q8_0-*.gguf"))
+    return sorted(cache_dir().glob(pattern))
 
 
 def test_gguf_files_are_cached(flux_dir, monkeypatch):
@@ -227,7 +233,7 @@ def test_gguf_streaming_equals_diffusers_single_file(flux_dir):
     c = config("gguf", components=["transformer"], quant_type="Q4_0", compute_dtype="bfloat16")
     ours = qk.load_pipeline(flux_dir, c, device="cpu", torch_dtype=torch.bfloat16, progress=False)
     p = ours.quantkit_plan
-    path = sorted(__import__("quantkit.backends.gguf", fromlist=["x"]).cache_dir().glob("transformer-Q4_0-*.gguf"))[0]
+    (path,) = _gguf_files("transformer-Q4_0-*.gguf")
     theirs = _from_single_file(p.components["transformer"], p, path, torch.bfloat16, torch.bfloat16)
     kinds = {n: type(m).__name__ for n, m in theirs.named_modules()}
     assert kinds == {n: type(m).__name__ for n, m in ours.transformer.named_modules()}
