@@ -513,8 +513,8 @@ def write_model_card(out: str | Path, report: dict) -> Path:
         )
         if "true_cfg_scale" not in config["generation_defaults"]:
             validation += (
-                '\nThe defaults use no classifier-free guidance: `true_cfg_scale` with `negative_prompt=""` runs '
-                "the transformer twice per step, for at most a point of adherence here (pass both to try it).\n"
+                '\nThe defaults use no classifier-free guidance: `true_cfg_scale` with `negative_prompt=""` '
+                "runs the transformer twice per step, doubling the time per image, for the differences above.\n"
             )
     if min(summary["position"], summary["size"]) < min(summary["color"], summary["shape"]):
         ceiling = "Position and size are learned less reliably than color and shape (see the table)."
