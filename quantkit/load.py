@@ -258,7 +258,7 @@ def stream_load(c: ComponentPlan, source, dtype, device: str, quantize, *, progr
                     model.set_submodule(owner, new)
                     modules[owner] = new
                 del module, new
-                release_freed_memory()
+        release_freed_memory()  # once per component: with return_large_blocks_to_os, layer-sized blocks are gone
         if hasattr(model, "tie_weights"):
             model.tie_weights()
         missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
@@ -300,7 +300,7 @@ def _libc():
 
 
 def release_freed_memory() -> None:
-    """Hand freed heap memory back to the operating system (glibc only; a no-op elsewhere).
+    """Hand freed heap memory back to the operating system (glibc only; a no-op elsewhere); once per component.
 
     glibc raises its mmap threshold each time a large block is freed, so after the first few layers the
     full-precision weights of later layers come from the heap, and freeing them does not shrink the process:
