@@ -139,16 +139,17 @@ class SafetensorsSource:
         import torch
 
         file, offset, size, code, shape = self._where[key]
-        buffer = bytearray(size)
+        dtype = getattr(torch, TORCH_DTYPES[code])
+        if size == 0:
+            return torch.empty(shape, dtype=dtype)
+        buffer = torch.empty(size, dtype=torch.uint8)  # torch's allocator: aligned, for vectorized kernels
         with file.open("rb") as f:
             f.seek(offset)
-            if f.readinto(buffer) != size:
+            if f.readinto(memoryview(buffer.numpy())) != size:
                 raise ValueError(
                     f"{file} is truncated: tensor {key!r} ends past the end of the file. Save the component again."
                 )
-        if size == 0:
-            return torch.empty(shape, dtype=getattr(torch, TORCH_DTYPES[code]))
-        return torch.frombuffer(buffer, dtype=getattr(torch, TORCH_DTYPES[code])).reshape(shape)
+        return buffer.view(dtype).reshape(shape)
 
     def close(self) -> None:
         self._where.clear()
