@@ -124,12 +124,6 @@ def model_bytes(model) -> dict[str, Any]:
     }
 
 
-def _is_buffer_like(t) -> bool:
-    import torch
-
-    return not isinstance(t, torch.nn.Parameter) and not is_quantized(t)
-
-
 def footprint(obj):
     """True bytes per component of a pipeline (or of one model), as a pandas DataFrame.
 
