@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="quantkit-bench-"))
 
     t0 = time.perf_counter()
-    from quantkit.compare import compare
+    from quantkit.comparison import compare
 
     t_import = time.perf_counter() - t0
     t = time.perf_counter()
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     for info in results.sensitivity.values():
         meta = json.loads((out / "sensitivity" / f"{info['variant']}__{info['component']}.json").read_text())
         print(f"per-layer study of {info['variant']} / {info['component']}: {meta['timings']['wall_s']:.2f} s")
-    print(f"import quantkit.compare: {t_import:.2f} s; compare(): {t_compare:.2f} s; report and plots: "
+    print(f"import quantkit.comparison: {t_import:.2f} s; compare(): {t_compare:.2f} s; report and plots: "
           f"{t_report:.2f} s; total {total:.2f} s")
     return 0
 

@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     build(args.cache)
     print(f"pipeline: {args.cache} (built/checked in {time.perf_counter() - start:.0f} s)", flush=True)
-    from quantkit.plan import plan
+    from quantkit.planning import plan
 
     p = plan(args.cache, None, device="cpu")
     print(

@@ -1,8 +1,8 @@
 """quantkit: learn and explore how diffusers pipelines are quantized.
 
-The workflow, one module each: config (`PipelineQuantizationConfig`, `QuantSpec`) -> plan
-(`plan`) -> load (`load_pipeline`, `save_pipeline`) -> measure (`footprint`, `compare`) -> show
-(`quantkit.widgets`, plots and reports).
+The workflow, one folder or module each: config (`PipelineQuantizationConfig`, `QuantSpec`) -> planning
+(`plan`) -> load (`load_pipeline`, `save_pipeline`) -> measure (`footprint`) -> comparison (`compare`) ->
+show (`quantkit.widgets`, plots and reports). Backends live in `quantkit.backends`, one adapter per library.
 
 `import quantkit` stays light: torch, diffusers, transformers, the backends and ipywidgets are
 imported only when a function that needs them runs (the names below load on first use).
@@ -11,28 +11,24 @@ imported only when a function that needs them runs (the names below load on firs
 from __future__ import annotations
 
 from importlib import import_module
-from pathlib import Path
 
 __version__ = "0.1.0"
 
-EMBEDDED_PIPELINE = Path(__file__).parent / "embedded" / "tiny-flux-shapes"
-"""Folder of the tiny FLUX-layout pipeline quantkit ships and uses when no source is given."""
-
-# config and plan are light (no torch at import): imported eagerly, which also keeps the function `plan`
-# from being shadowed by its submodule `quantkit.plan` when another module imports that submodule.
+# config and planning are light (no torch at import): imported eagerly.
 from .backends import BACKENDS  # noqa: E402
 from .config import PipelineQuantizationConfig, QuantSpec  # noqa: E402
-from .plan import LoadPlan, plan  # noqa: E402
-from .compare import compare  # noqa: E402  (light too: workers import the heavy stack)
+from .planning import EMBEDDED_PIPELINE, LoadPlan, plan  # noqa: E402
 
 _LAZY = {
     "load_pipeline": "quantkit.load",
     "save_pipeline": "quantkit.load",
     "footprint": "quantkit.measure.footprint",
+    "compare": "quantkit.comparison",
+    "CompareResults": "quantkit.comparison",
+    "CompareSettings": "quantkit.comparison",
 }
 
-__all__ = ["BACKENDS", "EMBEDDED_PIPELINE", "LoadPlan", "PipelineQuantizationConfig", "QuantSpec", "compare", "plan",
-           *_LAZY]
+__all__ = ["BACKENDS", "EMBEDDED_PIPELINE", "LoadPlan", "PipelineQuantizationConfig", "QuantSpec", "plan", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -12,25 +12,8 @@ import json
 import struct
 from pathlib import Path
 
-# bytes per element of the safetensors dtype codes
-DTYPE_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "U16": 2,
-    "U32": 4,
-    "U64": 8,
-}
-FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
+from .dtypes import SAFETENSORS, code_info
+
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model", "quantkit_weights")
 
 
@@ -44,7 +27,16 @@ def weight_files(folder: str | Path) -> list[Path]:
     for stem in WEIGHT_NAMES:
         index = folder / f"{stem}.safetensors.index.json"
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+                raise ValueError(
+                    f"{index} is not a valid shard index ({type(err).__name__}: {err}); it needs a 'weight_map' "
+                    "of tensor names to shard files. Save the component again."
+                ) from None
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{index} names shards that are missing: {missing}. Copy them, or save again.")
             return [folder / s for s in shards]
         single = folder / f"{stem}.safetensors"
         if single.is_file():
@@ -57,24 +49,46 @@ def weight_files(folder: str | Path) -> list[Path]:
     )
 
 
+def parse_header(path: str | Path) -> tuple[dict, int]:
+    """(the raw JSON header of a safetensors file, byte offset where its tensor data starts).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable safetensors file (too short, implausible or non-JSON header), naming the file.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path} is not a safetensors file (shorter than 8 bytes). Save the component again.")
+        (length,) = struct.unpack("<Q", raw)
+        if length > 100_000_000:
+            raise ValueError(f"{path} is not a safetensors file (header length {length} is implausible).")
+        text = f.read(length)
+        if len(text) != length:
+            raise ValueError(f"{path} is truncated inside its header. Save the component again.")
+        try:
+            header = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not a safetensors file: its header is not JSON ({err}).") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a safetensors file: its header is not a JSON object.")
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise ValueError(f"{path} has a malformed header entry for tensor {name!r}. Save the component again.")
+        code_info(info["dtype"], f"{path} (tensor {name!r})")
+    return header, 8 + length
+
+
 def read_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Tensor name -> (safetensors dtype code, shape), from the file's header alone.
 
     Raises:
         ValueError: when the file is not a readable safetensors file.
     """
-    path = Path(path)
-    with path.open("rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path} is not a safetensors file (shorter than 8 bytes).")
-        (length,) = struct.unpack("<Q", raw)
-        if length > 100_000_000:
-            raise ValueError(f"{path} is not a safetensors file (header length {length} is implausible).")
-        try:
-            header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} is not a safetensors file: its header is not JSON ({err}).") from None
+    header, _ = parse_header(path)
     return {name: (info["dtype"], tuple(info["shape"])) for name, info in header.items() if name != "__metadata__"}
 
 
@@ -93,23 +107,6 @@ def numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-# safetensors dtype code -> torch dtype name
-TORCH_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-}
-
-
 class SafetensorsSource:
     """Tensors of a component folder, read one at a time with plain file reads.
 
@@ -122,10 +119,7 @@ class SafetensorsSource:
         self.folder = Path(folder)
         self._where: dict[str, tuple[Path, int, int, str, tuple[int, ...]]] = {}
         for file in weight_files(folder):
-            with file.open("rb") as f:
-                (length,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(length))
-            start = 8 + length
+            header, start = parse_header(file)
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
@@ -139,7 +133,7 @@ class SafetensorsSource:
         import torch
 
         file, offset, size, code, shape = self._where[key]
-        dtype = getattr(torch, TORCH_DTYPES[code])
+        dtype = getattr(torch, SAFETENSORS[code][0])
         if size == 0:
             return torch.empty(shape, dtype=dtype)
         buffer = torch.empty(size, dtype=torch.uint8)  # torch's allocator: aligned, for vectorized kernels

@@ -97,7 +97,7 @@ def _prompts(args) -> list[str] | None:
 
 
 def compare_command(args) -> int:
-    from .compare import compare, default_variants, read_variants, variants_to_dict
+    from .comparison import compare, default_variants, read_variants, variants_to_dict
 
     if args.print_variants:
         print(json.dumps(variants_to_dict(default_variants(args.source)), indent=2))

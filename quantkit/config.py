@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .backends import get_backend
+from .backends import REGISTRY, get_backend
 from .errors import one_of
-
-_DIFFUSERS_METHODS = {"bitsandbytes": None, "quanto": "quanto", "torchao": "torchao", "gguf": "gguf"}
 
 
 class QuantSpec:
@@ -54,21 +52,27 @@ class QuantSpec:
         return self.adapter.native_config(self.kwargs, library)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, **{k: _encode(v) for k, v in self.kwargs.items()}}
+        return {"backend": self.backend, **_encode_kwargs(self.adapter, self.kwargs)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantSpec:
+        if not isinstance(data, dict):
+            raise TypeError(
+                f"A QuantSpec dict must be a dict such as {{'backend': 'quanto', 'weights_dtype': 'int8'}}, "
+                f"got {type(data).__name__} {data!r}."
+            )
         data = dict(data)
         if "backend" not in data:
-            raise ValueError(f"A QuantSpec dict needs a 'backend' key, got keys {sorted(data)}.")
-        return cls(data.pop("backend"), **{k: _decode(v) for k, v in data.items()})
+            raise ValueError(f"A QuantSpec dict needs a 'backend' key, got keys {sorted(map(str, data))}.")
+        adapter = get_backend(data.pop("backend"))
+        return cls(adapter.name, **_decode_kwargs(adapter, data))
 
     def __eq__(self, other) -> bool:
         """Same backend and the same options once defaults are filled in (spelling does not matter)."""
         return isinstance(other, QuantSpec) and self._canonical() == other._canonical()
 
     def _canonical(self) -> tuple:
-        return self.backend, {k: _encode(v) for k, v in self.resolved().items()}
+        return self.backend, _encode_kwargs(self.adapter, self.resolved())
 
     def __repr__(self) -> str:
         args = "".join(f", {k}={_show(v)}" for k, v in self.kwargs.items())
@@ -89,25 +93,16 @@ def as_spec(value: Any, component: str = "?") -> QuantSpec:
             "'backend' key, or a diffusers/transformers quantization config (BitsAndBytesConfig, "
             "QuantoConfig, TorchAoConfig, GGUFQuantizationConfig)."
         )
-    if method == "bitsandbytes":
-        backend = "bitsandbytes_8bit" if getattr(value, "load_in_8bit", False) else "bitsandbytes_4bit"
-    elif method in _DIFFUSERS_METHODS:
-        backend = method
-    else:
+    adapter = next((a for a in REGISTRY.values() if a.accepts_native(value)), None)
+    if adapter is None:
         raise ValueError(
             f"quant_mapping[{component!r}] uses quant_method {method!r}, which quantkit does not "
-            f"support. Supported backends: {one_of(_backends())}."
+            f"support. Supported backends: {one_of(REGISTRY)}."
         )
     spec = QuantSpec.__new__(QuantSpec)
-    spec.backend = backend
-    spec.kwargs = get_backend(backend).from_native(value)
+    spec.backend = adapter.name
+    spec.kwargs = adapter.from_native(value)
     return spec
-
-
-def _backends():
-    from .backends import BACKENDS
-
-    return BACKENDS
 
 
 class PipelineQuantizationConfig:
@@ -190,7 +185,7 @@ class PipelineQuantizationConfig:
             return {"quant_mapping": {name: spec.to_dict() for name, spec in self.specs.items()}}
         return {
             "quant_backend": self.quant_backend,
-            "quant_kwargs": {k: _encode(v) for k, v in self.quant_kwargs.items()},
+            "quant_kwargs": _encode_kwargs(self.spec.adapter, self.quant_kwargs),
             "components_to_quantize": self.components_to_quantize,
         }
 
@@ -205,8 +200,8 @@ class PipelineQuantizationConfig:
             )
         if data.get("quant_mapping") is not None:
             data["quant_mapping"] = {k: QuantSpec.from_dict(v) for k, v in data["quant_mapping"].items()}
-        if data.get("quant_kwargs"):
-            data["quant_kwargs"] = {k: _decode(v) for k, v in data["quant_kwargs"].items()}
+        if data.get("quant_kwargs") and data.get("quant_backend") is not None:
+            data["quant_kwargs"] = _decode_kwargs(get_backend(data["quant_backend"]), data["quant_kwargs"])
         return cls(**data)
 
     def to_json(self, **kwargs) -> str:
@@ -229,7 +224,7 @@ class PipelineQuantizationConfig:
         """
         from diffusers import PipelineQuantizationConfig as DiffusersConfig
 
-        if not self.is_granular and self.quant_backend.startswith("bitsandbytes"):
+        if not self.is_granular and self.spec.adapter.diffusers_simple_form:
             kwargs = {k: v for k, v in self.spec.adapter._native_kwargs(self.spec.kwargs).items() if v is not None}
             return DiffusersConfig(
                 quant_backend=self.quant_backend,
@@ -251,7 +246,7 @@ class PipelineQuantizationConfig:
             libraries = model_components
         mapping = {}
         for name, spec in specs.items():
-            if spec.backend == "gguf":
+            if not spec.adapter.in_pipeline_config:
                 raise ValueError(
                     f"diffusers cannot load GGUF through a pipeline config (component {name!r}); load the "
                     "component with from_single_file(..., quantization_config=GGUFQuantizationConfig()) "
@@ -291,23 +286,13 @@ class PipelineQuantizationConfig:
         )
 
 
-def _encode(value: Any) -> Any:
-    """JSON-able form of an option value (dtypes become names, torchao config objects get a type tag)."""
-    if type(value).__name__ == "dtype":
-        return str(value).removeprefix("torch.")
-    if hasattr(value, "__class__") and any(b.__name__ == "AOBaseConfig" for b in type(value).__mro__):
-        from torchao.core.config import config_to_dict
-
-        return {"_torchao": config_to_dict(value)}
-    return value
+def _encode_kwargs(adapter, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """JSON-able options: the backend encodes what is not plain JSON (dtypes, torchao config objects)."""
+    return {k: adapter.encode_option(k, v) for k, v in kwargs.items()}
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict) and "_torchao" in value:
-        from torchao.core.config import config_from_dict
-
-        return config_from_dict(value["_torchao"])
-    return value
+def _decode_kwargs(adapter, kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: adapter.decode_option(k, v) for k, v in kwargs.items()}
 
 
 def _show(value: Any) -> str:

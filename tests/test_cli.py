@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from quantkit.cli import main
-from quantkit.compare import RESULTS_FILE, read_records
+from quantkit.comparison import RESULTS_FILE, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
@@ -60,7 +60,7 @@ def test_print_variants_writes_a_file_that_reads_back(flux_dir, tmp_path, capsys
     data = json.loads(text)
     assert data["baseline"] is None and len(data) == 7
     (tmp_path / "v.json").write_text(text)
-    from quantkit.compare import default_variants, read_variants
+    from quantkit.comparison import default_variants, read_variants
 
     assert read_variants(tmp_path / "v.json") == default_variants(flux_dir)
 
@@ -166,7 +166,7 @@ def _state(pid: int) -> str:
 @pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "quantkit" / "embedded" / "tiny-flux-shapes" / "model_index.json").is_file(),
                     reason="the embedded pipeline has not been trained into the package yet")
-def test_the_main_job_with_its_defaults_finishes_in_under_two_minutes(tmp_path):
+def test_the_main_job_with_its_defaults_runs_every_variant(tmp_path):
     env = {**os.environ, "QUANTKIT_CACHE": str(tmp_path / "cache")}  # a first run: GGUF files written too
     t = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "quantkit", "compare", "--out", str(tmp_path / "out"), "-q"],

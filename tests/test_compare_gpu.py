@@ -62,7 +62,7 @@ def test_cuda_event_timing_waits_for_the_work():
 
 def test_compare_on_cuda_records_allocator_peaks(flux_dir, tmp_path):
     from quantkit import PipelineQuantizationConfig
-    from quantkit.compare import compare
+    from quantkit.comparison import compare
 
     int8 = PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
                                       components_to_quantize=["transformer"])

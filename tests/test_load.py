@@ -32,9 +32,6 @@ CASES = {
     "quanto-int8": ("quanto", {"weights_dtype": "int8"}, "QLinear", 40),
     "torchao-int8wo": ("torchao", {"quant_type": "int8wo"}, "Linear", 40),
 }
-_CACHE: dict = {}
-
-
 def load(folder, config, **kwargs):
     return qk.load_pipeline(folder, config, torch_dtype=BF16, device="cpu", progress=False, **kwargs)
 
@@ -51,9 +48,8 @@ def baseline(flux_dir):
 
 
 def loaded(flux_dir, case_id):
-    if case_id not in _CACHE:
-        _CACHE[case_id] = load(flux_dir, simple(case_id))
-    return _CACHE[case_id]
+    """A fresh load each time: generating with a pipeline changes it (bnb repacks on CPU), so none is shared."""
+    return load(flux_dir, simple(case_id))
 
 
 def linear_types(model) -> set[str]:

@@ -49,24 +49,41 @@ def test_current_rss_is_plausible():
     assert 10 * MB < current_rss() < 64 * 1024 * MB
 
 
-def test_time_call_warms_up_and_takes_the_median():
+def test_time_call_warms_up_and_takes_the_median(monkeypatch):
+    """On a fake clock (no sleeping, nothing machine-dependent): the warm-up call is not a sample, the
+    median is the middle timed call."""
+    import quantkit.measure.latency as lat
+
+    now = [0.0]
+    monkeypatch.setattr(lat.time, "perf_counter", lambda: now[0])
+    durations = iter([5.0, 0.3, 0.1, 0.2, 0.5, 0.4])  # the first (warm-up) call is slow
     calls = []
 
     def fn():
-        calls.append(time.perf_counter())
-        time.sleep(0.05 if len(calls) == 1 else 0.01)  # the first (warm-up) call is slow
+        calls.append(now[0])
+        now[0] += next(durations)
 
     latency = time_call(fn, warmup=1, repeats=5)
-    assert len(calls) == 6 and len(latency.samples_s) == 5 and latency.warmup == 1
-    assert 0.009 < latency.median_s < 0.03 and latency.method == "perf_counter"
-    assert latency.min_s <= latency.median_s <= latency.max_s
-    assert "median" in repr(latency) and latency.to_dict()["median_s"] == latency.median_s
+    assert len(calls) == 6 and latency.warmup == 1 and latency.method == "perf_counter"
+    assert latency.samples_s == pytest.approx([0.3, 0.1, 0.2, 0.5, 0.4])
+    assert latency.median_s == pytest.approx(0.3) and latency.min_s == pytest.approx(0.1)
+    assert latency.max_s == pytest.approx(0.5)
+    assert "median 300.0 ms over 5 runs" in repr(latency) and latency.to_dict()["median_s"] == latency.median_s
     with pytest.raises(ValueError, match="warmup must be >= 0 and repeats >= 1, got warmup=0, repeats=0"):
         time_call(fn, warmup=0, repeats=0)
     assert math.isnan(Latency().median_s)
     with stopwatch("cpu") as sw:
-        time.sleep(0.01)
-    assert 0.009 < sw.seconds < 0.5
+        now[0] += 0.25
+    assert sw.seconds == pytest.approx(0.25)
+
+
+def test_time_calls_keeps_results_and_reports_progress():
+    from quantkit.measure.latency import time_calls
+
+    steps = []
+    results, latency = time_calls(lambda i: i * i, 3, warmup=2, on_step=steps.append)
+    assert results == [0, 1, 4] and len(latency.samples_s) == 3
+    assert steps == ["warm-up 1/2", "warm-up 2/2", "call 1/3", "call 2/3", "call 3/3"]
 
 
 def test_psnr_and_ssim_agree_with_their_definitions():
@@ -92,7 +109,7 @@ def test_image_quality_counts_identical_images_and_says_what_it_skipped():
     assert q.identical == 1 and math.isfinite(q.psnr) and q.psnr_min == q.psnr  # the mean leaves inf out
     assert q.adherence == 1.0 and q.adherence_detail["n"] == 2
     assert q.clip_score is None and any(n.startswith("CLIP score skipped") for n in q.notes)
-    assert q.lpips is not None or any(n.startswith("LPIPS skipped") for n in q.notes)
+    assert (q.lpips is None) == any(n.startswith("LPIPS skipped") for n in q.notes)
     assert list(q.per_image.columns[:3]) == ["prompt", "psnr", "ssim"]
     base = image_quality(images, None, ["a red circle", "a blue square on the left"], clip=None)
     assert base.psnr is None and base.notes[0].startswith("reference")

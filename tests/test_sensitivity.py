@@ -70,7 +70,9 @@ def test_sensitivity_on_the_pipelines_own_activations(transformer_sensitivity):
     worst = s.most_sensitive(3)
     assert worst == list(quantized["layer"].head(3))
     assert "LayerSensitivity of 'transformer' under bitsandbytes_4bit nf4" in repr(s)
-    fig = s.plot(top=10)
+    from quantkit.show.plots import plot_layer_error
+
+    fig = plot_layer_error(s.frame, top=10, title=f"{s.component}: {s.quantization}")
     assert fig.axes[0].get_title() == "transformer: bitsandbytes_4bit nf4"
 
 

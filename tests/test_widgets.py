@@ -272,9 +272,7 @@ def dashboard(flux_dir, tmp_path_factory):
     d = CompareDashboard(
         flux_dir, ["quanto-int8", ("mine", mine)], out=tmp_path_factory.mktemp("dash"), device="cpu", **FAST
     )
-    t = time.perf_counter()
     results = d.run()
-    d.first_run_s = time.perf_counter() - t
     return d, results
 
 
@@ -301,9 +299,14 @@ def test_dashboard_shows_table_plots_and_images(dashboard):
 
 def test_dashboard_run_again_resumes_instead_of_recomputing(dashboard):
     d, first = dashboard
-    t = time.perf_counter()
-    again = d.run()
-    assert time.perf_counter() - t < max(2.0, d.first_run_s / 2)
+    from quantkit.comparison.runner import Runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished variant was run again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Runner, "run_variant", refuse)
+        again = d.run()
     assert [r["finished_at"] for r in again.records] == [r["finished_at"] for r in first.records]
 
 
@@ -346,15 +349,13 @@ def test_cancel_stops_the_running_worker(flux_dir, tmp_path):
     while not (d._running == "quanto-int8" and _workers()):
         assert time.monotonic() < deadline, "the variant never started"
         time.sleep(0.02)
-    t = time.perf_counter()
     d.cancel()
-    d.wait(30)
-    assert time.perf_counter() - t < 10
+    d.wait(60)
     assert not d._thread.is_alive()
     assert "quanto-int8" in d.cancelled
     assert "(cancelled)" in d.table.value
-    record = {r["variant"]: r for r in d.results.records}["quanto-int8"]
-    assert record["status"] == "error" and "SIGTERM" in record["error"]
+    assert "quanto-int8" not in {r["variant"] for r in d.results.records}  # stopped: nothing recorded
+    assert not _workers()  # and its worker is gone
 
 
 def _workers():
@@ -449,7 +450,7 @@ def test_inspector_switches_component(inspector):
 
 
 def test_inspector_reads_a_ranking_from_compare_results(inspector, flux_dir, tmp_path):
-    from quantkit.compare import CompareResults
+    from quantkit.comparison import CompareResults
 
     config = inspector.config
     results = CompareResults(

@@ -1,41 +1,51 @@
 """The interface every backend adapter implements, and the option machinery they share.
 
-A backend is a small adapter (one file per library, STYLE.md principle 4) that knows:
-- its options, spelled once in quantkit's canonical words (diffusers' names) with the other
-  library's spellings as aliases, validated without importing the library;
-- how to build the native config object each library expects (`native_config`) and read one
-  back (`from_native`);
-- whether it runs on a device (`device_problem`) and which layers it can take (`layer_problem`);
-- how many bytes a quantized weight takes (`weight_bytes`), used by the plan;
-- how to quantize one `nn.Linear` that already holds its weights (`quantize_linear`), used by
-  the streaming loader, and how to save and restore a quantized layer's tensors.
+A backend is a small adapter (one file per library, STYLE.md principle 4). Adding a backend is adding
+one file in this folder (decorated with `@register`) and its tests; nothing outside `backends/` names a
+backend. What an adapter provides:
+
+- options: `options` ({canonical name: Option}, diffusers' spelling, other libraries' as aliases) and
+  `flags`; validated by `normalize_kwargs` without importing the library; `encode_option` /
+  `decode_option` when a value is not plain JSON (torchao's config objects);
+- its package: `module`, `pip_spec` (what `require()` and the install hints name);
+- native configs: `native_config(kwargs, library)` and `from_native(config)`, `accepts_native(config)`
+  (which diffusers/transformers config objects are this backend's); `diffusers_simple_form` (diffusers'
+  own simple form takes it) and `in_pipeline_config` (diffusers can load it from a pipeline config at all);
+- where it runs: `device_problem(kwargs, device)` -> a `Problem` or None; `layer_problem(...)` -> why a
+  Linear of that shape stays in full precision; `keep_modules(model, kwargs)`: the modules kept in full
+  precision (the user's list, plus the model's `_keep_in_fp32_modules` where `keeps_fp32_modules`);
+- sizes: `weight_bytes(...)`, used by the plan;
+- loading: `plan_component(c, headers, model, device)` refines a component's plan (loader, problems),
+  `weights(c, dtype, device, progress)` says where the streaming loader reads the tensors and how a
+  filled Linear becomes the quantized one (`quantize_linear`), or hands back a whole model;
+- save and restore: `linear_state`, `empty_linear`, `restore_linear`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..dtypes import COMPUTE_DTYPES as DTYPES
+from ..dtypes import dtype_name, to_torch_dtype  # noqa: F401  (the adapters import them from here)
 from ..errors import did_you_mean, one_of, require_package
-
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-def dtype_name(value: Any) -> str:
-    """Canonical string for a dtype given as torch.dtype or string ("bf16", "torch.bfloat16" ...)."""
-    text = str(value).removeprefix("torch.")
-    text = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}.get(
-        text, text
-    )
-    if text not in DTYPES:
-        raise ValueError(f"Unsupported dtype {value!r}: use one of {one_of(DTYPES)} (or torch.bfloat16 etc.).")
-    return text
+from ..problems import Problem, missing_package
 
 
-def to_torch_dtype(name: str | None):
-    import torch
+@dataclass
+class Weights:
+    """How the loader gets one quantized component: tensors to stream, or a whole model.
 
-    return None if name is None else getattr(torch, dtype_name(name))
+    Attributes:
+        source: an object with `keys()`, `get(key)` and `close()` (a SafetensorsSource, a GGUFSource), or None.
+        quantize: turns a Linear filled with its weights into the quantized module.
+        model: a finished model, when the backend loads the component itself (e.g. diffusers' single-file path).
+    """
+
+    source: Any = None
+    quantize: Callable | None = None
+    model: Any = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,14 @@ class Backend:
     bits: ClassVar[str] = ""  # short human description, e.g. "4-bit NF4/FP4"
     # Options that only exist to say "yes, this backend" (load_in_4bit=True): accepted, not stored.
     flags: ClassVar[dict[str, Any]] = {}
+    # diffusers' own PipelineQuantizationConfig(quant_backend=...) takes this backend (only bitsandbytes today)
+    diffusers_simple_form: ClassVar[bool] = False
+    # diffusers can load this backend through a pipeline-level config at all (GGUF: from_single_file only)
+    in_pipeline_config: ClassVar[bool] = True
+    # diffusers' own quantizer for it refuses to run without a GPU ("No GPU found"), although quantkit's does
+    diffusers_needs_cuda: ClassVar[bool] = False
+    # the model's `_keep_in_fp32_modules` stay in full precision (as diffusers and transformers do for bnb)
+    keeps_fp32_modules: ClassVar[bool] = False
 
     # -- options -----------------------------------------------------------------------------
     @classmethod
@@ -139,10 +157,42 @@ class Backend:
 
     @classmethod
     def skip_modules(cls, kwargs: dict[str, Any]) -> list[str]:
+        """The modules the user asked to keep in full precision."""
         for name in ("modules_to_not_convert", "llm_int8_skip_modules"):
             if name in cls.options:
                 return list(kwargs.get(name) or [])
         return []
+
+    @classmethod
+    def keep_modules(cls, model, kwargs: dict[str, Any]) -> list[str]:
+        """Module names kept in full precision in `model`: the user's list, plus the model's
+        `_keep_in_fp32_modules` where this backend keeps them (`keeps_fp32_modules`)."""
+        names = list(cls.skip_modules(kwargs))
+        if cls.keeps_fp32_modules:
+            names += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+        return names
+
+    @classmethod
+    def encode_option(cls, name: str, value: Any) -> Any:
+        """The JSON-able form of an option value (dtypes are names already)."""
+        if type(value).__name__ == "dtype":
+            return str(value).removeprefix("torch.")
+        return value
+
+    @classmethod
+    def decode_option(cls, name: str, value: Any) -> Any:
+        """The inverse of `encode_option`."""
+        return value
+
+    @classmethod
+    def option_choices(cls, name: str) -> tuple | None:
+        """The values a dropdown offers for an option (its choices, or the dtypes), None for free input."""
+        opt = cls.options[name]
+        if opt.choices is not None:
+            return tuple(opt.choices)
+        if opt.kind == "dtype":
+            return DTYPES
+        return None
 
     # -- availability ------------------------------------------------------------------------
     @classmethod
@@ -150,8 +200,17 @@ class Backend:
         require_package(cls.module, cls.pip_spec, f"The {cls.name!r} backend")
 
     @classmethod
-    def device_problem(cls, kwargs: dict[str, Any], device: str) -> tuple[str, str] | None:
-        """(why it cannot run on `device`, what to use instead), or None when it can."""
+    def package_problem(cls) -> Problem | None:
+        """A MISSING_PACKAGE problem when the library is not importable here, else None."""
+        try:
+            cls.require()
+        except ImportError:
+            return missing_package(cls.module, cls.pip_spec, f"the {cls.name!r} backend")
+        return None
+
+    @classmethod
+    def device_problem(cls, kwargs: dict[str, Any], device: str) -> Problem | None:
+        """Why these options cannot run on `device` (a Problem with the fix), or None when they can."""
         return None
 
     @classmethod
@@ -170,6 +229,12 @@ class Backend:
         """Canonical kwargs from a native config object of this backend."""
         raise NotImplementedError
 
+    @classmethod
+    def accepts_native(cls, config) -> bool:
+        """Whether a diffusers/transformers quantization config object belongs to this backend."""
+        method = getattr(config, "quant_method", None)
+        return getattr(method, "value", method) == cls.name
+
     # -- sizes and quantization --------------------------------------------------------------
     @classmethod
     def weight_bytes(cls, kwargs: dict[str, Any], out_features: int, in_features: int, dtype_bytes: int) -> int:
@@ -180,6 +245,21 @@ class Backend:
     def quantize_linear(cls, linear, kwargs: dict[str, Any], device):
         """Return a module that replaces `linear` (which holds real weights on `device`)."""
         raise NotImplementedError
+
+    # -- planning and loading a component ------------------------------------------------------
+    @classmethod
+    def plan_component(cls, c, headers: dict, model, device: str) -> None:
+        """Refine the plan of component `c` (a ComponentPlan) after its layers were decided: the loader label
+        and, when this backend cannot take the component, `c.issue`. Default: nothing to add."""
+
+    @classmethod
+    def weights(cls, c, dtype, device: str, *, progress: bool = False) -> Weights:
+        """Where the loader gets component `c`'s weights: by default its safetensors, streamed, each planned
+        Linear quantized by `quantize_linear` as soon as it is filled."""
+        from ..checkpoint import SafetensorsSource
+
+        kwargs = c.spec.kwargs
+        return Weights(SafetensorsSource(c.folder), lambda linear: cls.quantize_linear(linear, kwargs, device))
 
     # -- save and restore --------------------------------------------------------------------
     @classmethod

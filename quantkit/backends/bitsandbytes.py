@@ -21,6 +21,16 @@ BLOCKSIZE = 64  # bitsandbytes' default 4-bit block: one absmax per 64 weights
 class _BnB(Backend):
     module = "bitsandbytes"
     pip_spec = "bitsandbytes>=0.45"
+    diffusers_simple_form = True  # the one backend diffusers' own simple form takes
+    diffusers_needs_cuda = True  # diffusers' quantizer: "No GPU found. A GPU is needed for quantization."
+    keeps_fp32_modules = True  # as diffusers and transformers do (T5's `wo`)
+
+    @classmethod
+    def accepts_native(cls, config) -> bool:
+        method = getattr(config, "quant_method", None)
+        if getattr(method, "value", method) != "bitsandbytes":
+            return False
+        return bool(getattr(config, "load_in_8bit", False)) == (cls.flags.get("load_in_8bit") is True)
 
     @classmethod
     def native_config(cls, kwargs: dict[str, Any], library: str):

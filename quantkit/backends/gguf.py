@@ -19,36 +19,24 @@ the `gguf` package cannot write them.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
-from typing import Any
 
 from ..errors import one_of
+from ..problems import Problem, ProblemKind
 from . import register
-from .base import Backend, Option, to_torch_dtype
-
-# quant type -> (weights per block, bytes per block), as gguf.GGML_QUANT_SIZES has them
-BLOCKS = {
-    "Q8_0": (32, 34),
-    "Q5_0": (32, 22),
-    "Q5_1": (32, 24),
-    "Q4_0": (32, 18),
-    "Q4_1": (32, 20),
-    "BF16": (1, 2),
-    "Q2_K": (256, 84),
-    "Q3_K": (256, 110),
-    "Q4_K": (256, 144),
-    "Q5_K": (256, 176),
-    "Q6_K": (256, 210),
-}
-WRITABLE = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "BF16")
-FORMAT_VERSION = 1  # bump when the files quantkit writes change
-
-
-def cache_dir() -> Path:
-    """Where written GGUF files are kept: $QUANTKIT_CACHE/gguf, default ~/.cache/quantkit/gguf."""
-    return Path(os.environ.get("QUANTKIT_CACHE", Path.home() / ".cache" / "quantkit")) / "gguf"
+from .base import Backend, Option, Weights, to_torch_dtype
+from .gguf_files import (  # noqa: F401  (the file functions are part of this backend's public face)
+    BLOCKS,
+    WRITABLE,
+    GGUFSource,
+    cache_dir,
+    check_matches,
+    component_file,
+    gguf_shapes,
+    quantize_tensor,
+    read_gguf,
+    write_gguf,
+)
 
 
 @register
@@ -56,6 +44,8 @@ class GGUF(Backend):
     name = "gguf"
     module = "gguf"
     pip_spec = "gguf>=0.10.0"
+    in_pipeline_config = False  # diffusers loads GGUF per component with from_single_file, never from a pipeline config
+    keeps_fp32_modules = True  # T5 casts its `wo` input to the weight dtype, which for packed blocks is uint8
     bits = "llama.cpp block formats Q8_0 ... Q4_0"
     options = {
         "quant_type": Option("Q8_0", tuple(BLOCKS), doc="block format to write (" + ", ".join(WRITABLE) + ")"),
@@ -131,6 +121,56 @@ class GGUF(Backend):
             new.bias = torch.nn.Parameter(linear.bias.data.to(device), requires_grad=False)
         return new
 
+    # -- planning and loading ------------------------------------------------------------------
+    @classmethod
+    def plan_component(cls, c, headers, model, device):
+        """Say which file the component loads from, and refuse files and models GGUF cannot take."""
+        from ..planning.model import Loader
+
+        c.loader = Loader.GGUF_WRITTEN
+        published = cls.resolved(c.spec.kwargs)["gguf_file"]
+        own_names = False
+        if published:
+            own_names = bool(set(gguf_shapes(read_gguf(published))) & set(headers))
+            c.loader = Loader.GGUF_STREAM if own_names else Loader.GGUF_SINGLE_FILE
+        if published and not own_names and (c.library != "diffusers" or not hasattr(type(model), "from_single_file")):
+            c.issue = Problem(
+                ProblemKind.UNSUPPORTED,
+                f"the GGUF file does not use {c.class_name}'s tensor names and diffusers cannot convert it",
+                "leave gguf_file out and let quantkit write the file from this component's weights "
+                "(quant_type='Q8_0' ... 'Q4_0')",
+            )
+        elif not c.quantized_layers:
+            c.issue = Problem(
+                ProblemKind.UNSUPPORTED,
+                f"GGUF quantizes Linear weights only and none of this {c.class_name}'s "
+                f"{c.layers_total} Linear layers qualifies",
+                "leave this component unquantized (e.g. components_to_quantize=['transformer', ...])",
+            )
+
+    @classmethod
+    def weights(cls, c, dtype, device, *, progress=False):
+        """quantkit's cached file (written if absent) or the user's `gguf_file`: streamed when it uses the
+        component's own tensor names, else loaded whole by diffusers' single-file path (it converts the names)."""
+        import torch
+
+        from ..checkpoint import read_headers
+        from ..dtypes import dtype_name
+
+        r = cls.resolved(c.spec.kwargs)
+        path = component_file(c.folder, c.spec.kwargs, [f"{n}.weight" for n in c.quantized_layers], progress=progress)
+        reader = read_gguf(path)
+        expected = {k: s for k, (_, s) in read_headers(c.folder).items()}
+        own_names = bool(set(gguf_shapes(reader)) & set(expected))
+        if own_names or not r["gguf_file"]:
+            check_matches(path, reader, expected, c.name)
+        del reader
+        compute = to_torch_dtype(r["compute_dtype"]) or dtype or torch.float32
+        if not own_names:
+            return Weights(model=_from_single_file(c, path, dtype, compute, device))
+        kwargs = {**c.spec.kwargs, "compute_dtype": dtype_name(compute)}
+        return Weights(GGUFSource(path), lambda linear: cls.quantize_linear(linear, kwargs, device))
+
     @classmethod
     def linear_state(cls, module):
         tensors = {"weight": module.weight.as_tensor()}
@@ -160,182 +200,35 @@ class GGUF(Backend):
         return new
 
 
-def quantize_tensor(weight, quant_type: str):
-    """Quantize a 2-D weight (out, in) into GGUF blocks; returns a packed `GGUFParameter` (uint8)."""
-    import gguf
-    import torch
-    from diffusers.quantizers.gguf.utils import GGUFParameter
-
-    qtype = getattr(gguf.GGMLQuantizationType, quant_type)
-    packed = gguf.quants.quantize(weight.float().cpu().numpy(), qtype)
-    return GGUFParameter(torch.from_numpy(packed), quant_type=qtype)
 
 
-# -- files --------------------------------------------------------------------------------------
+def _from_single_file(c, path: Path, dtype, compute, device: str):
+    """Load a published GGUF file through diffusers' single-file path (it converts original tensor names)."""
+    from diffusers import GGUFQuantizationConfig
 
+    from ..planning.sources import model_class
 
-def cache_key(folder: Path, quant_type: str, quantize: list[str]) -> str:
-    """A key that changes when the source weights, the format or the set of quantized layers change."""
-    from ..checkpoint import weight_files
-
-    h = hashlib.sha256(f"v{FORMAT_VERSION}|{quant_type}|{','.join(sorted(quantize))}".encode())
-    for file in weight_files(folder):
-        st = file.stat()
-        h.update(f"|{file.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
-def write_gguf(
-    folder: str | Path, path: str | Path, quant_type: str, quantize: list[str], *, progress: bool = False
-) -> Path:
-    """Write a component's weights to a GGUF file, quantizing the named Linear weights.
-
-    Tensors are read one at a time from the component's safetensors. Weights named in `quantize`
-    become `quant_type` blocks; every other tensor is stored as float32 (F32). The file is written
-    to a temporary name and renamed at the end, so a crash never leaves a half-written file behind.
-
-    Args:
-        folder: the component folder (config.json + safetensors).
-        path: where to write the `.gguf` file.
-        quant_type: one of WRITABLE.
-        quantize: tensor names (e.g. "transformer_blocks.0.attn.to_q.weight") to quantize.
-        progress: show a tqdm bar.
-
-    Returns:
-        The path written.
-    """
-    import gguf
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from ..checkpoint import SafetensorsSource
-
-    if quant_type not in WRITABLE:
-        raise ValueError(f"quantkit writes GGUF as {one_of(WRITABLE)}, not {quant_type!r}.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    source = SafetensorsSource(folder)
-    qtype = getattr(gguf.GGMLQuantizationType, quant_type)
-    wanted = set(quantize)
-    try:
-        writer = gguf.GGUFWriter(str(tmp), arch="quantkit")
-        writer.add_string("quantkit.source", str(Path(folder).resolve()))
-        writer.add_string("quantkit.quant_type", quant_type)
-        writer.add_uint32("quantkit.format_version", FORMAT_VERSION)
-        for key in tqdm(
-            source.keys(), desc=f"GGUF {quant_type} {Path(folder).name}", disable=not progress, leave=False
-        ):
-            tensor = source.get(key).float()
-            if key in wanted:
-                writer.add_tensor(key, gguf.quants.quantize(tensor.numpy(), qtype), raw_dtype=qtype)
-            else:
-                writer.add_tensor(key, np.ascontiguousarray(tensor.numpy()))
-            del tensor
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, path)
-    finally:
-        source.close()
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def read_gguf(path: str | Path):
-    """Open a GGUF file, turning any parse failure into a ValueError that says what to do."""
-    import gguf
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"GGUF file {path} does not exist. Check the path, or leave gguf_file out to let quantkit write one."
+    cls = model_class(c.library, c.class_name)
+    if c.library != "diffusers" or not hasattr(cls, "from_single_file"):
+        raise ValueError(
+            f"GGUF file {path} does not use {c.class_name}'s tensor names and diffusers cannot convert it for "
+            "this class. Leave gguf_file out to let quantkit write a file from this component's weights."
         )
     try:
-        return gguf.GGUFReader(str(path))
-    except Exception as err:  # the gguf package raises ValueError, struct.error, IndexError ... on bad files
+        model = cls.from_single_file(
+            str(path),
+            quantization_config=GGUFQuantizationConfig(compute_dtype=compute),
+            config=str(c.folder.parent),
+            subfolder=c.name,
+            torch_dtype=dtype,
+        )
+    except Exception as err:  # diffusers' converters raise KeyError, IndexError, RuntimeError ... on wrong files
         raise ValueError(
-            f"{path} is not a valid GGUF file ({type(err).__name__}: {err}). It is corrupt or "
-            "truncated: delete it and load again (quantkit rewrites its own files), or download it "
-            "again."
+            f"GGUF file {path} could not be loaded into {c.class_name} ({type(err).__name__}: {err})."
+            " Pass a GGUF file made for this model."
         ) from None
+    return model.to(device).eval()
 
 
-def gguf_shapes(reader) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Tensor name -> (logical shape in torch order, quant type name)."""
-    return {t.name: (tuple(int(s) for s in reversed(t.shape.tolist())), t.tensor_type.name) for t in reader.tensors}
-
-
-def check_matches(path: Path, reader, expected: dict[str, tuple[int, ...]], component: str) -> None:
-    """Raise ValueError when the file's tensors do not match the component's (names and shapes)."""
-    found = gguf_shapes(reader)
-    missing = sorted(set(expected) - set(found))
-    wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != found[k][0])
-    if missing or wrong:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} tensors missing (first: {missing[0]!r})")
-        if wrong:
-            k = wrong[0]
-            detail.append(f"{len(wrong)} with other shapes (first: {k!r} is {found[k][0]}, expected {expected[k]})")
-        raise ValueError(
-            f"GGUF file {path} does not match component {component!r}: {'; '.join(detail)}. "
-            "Pass the file made for this model, or leave gguf_file out to let quantkit write one."
-        )
-
-
-class GGUFSource:
-    """Tensors of a GGUF file in the SafetensorsSource protocol: packed weights as GGUFParameter.
-
-    The header is parsed by the `gguf` package; tensor data is read with plain file reads at the offsets it
-    gives (not through its memory map, whose touched pages would count as resident memory).
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        reader = read_gguf(self.path)
-        self._tensors = {
-            t.name: (int(t.data_offset), int(t.n_bytes), t.tensor_type, tuple(t.data.shape)) for t in reader.tensors
-        }
-        del reader
-
-    def keys(self) -> list[str]:
-        return list(self._tensors)
-
-    def get(self, key: str):
-        import torch
-        from diffusers.quantizers.gguf.utils import GGUFParameter
-
-        offset, size, kind, shape = self._tensors[key]
-        if kind.name not in ("F32", "F16") and kind.name not in BLOCKS:
-            raise ValueError(
-                f"{self.path}: tensor {key!r} has type {kind.name}, which quantkit cannot load. "
-                f"Supported: F32, F16, {', '.join(BLOCKS)}."
-            )
-        buffer = bytearray(size)
-        with self.path.open("rb") as f:
-            f.seek(offset)
-            if f.readinto(buffer) != size:
-                raise ValueError(f"{self.path} is truncated: delete it and load again, or download it again.")
-        dtype = {"F32": torch.float32, "F16": torch.float16}.get(kind.name, torch.uint8)
-        data = torch.frombuffer(buffer, dtype=dtype).reshape(shape)
-        return data if kind.name in ("F32", "F16") else GGUFParameter(data, quant_type=kind)
-
-    def close(self) -> None:
-        self._tensors.clear()
-
-
-def component_file(folder: Path, kwargs: dict[str, Any], quantize: list[str], *, progress: bool = False) -> Path:
-    """The GGUF file for a component: the user's `gguf_file`, else quantkit's cached one (written if absent)."""
-    r = GGUF.resolved(kwargs)
-    if r["gguf_file"]:
-        return Path(r["gguf_file"])
-    path = cache_dir() / f"{folder.name}-{r['quant_type']}-{cache_key(folder, r['quant_type'], quantize)}.gguf"
-    if not path.is_file():
-        write_gguf(folder, path, r["quant_type"], quantize, progress=progress)
-    return path
-
-
-__all__ = ["BLOCKS", "GGUF", "GGUFSource", "WRITABLE", "cache_dir", "component_file", "write_gguf"]
+__all__ = ["BLOCKS", "GGUF", "WRITABLE", "GGUFSource", "cache_dir", "component_file", "gguf_shapes", "read_gguf",
+           "write_gguf"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 from ..errors import did_you_mean, one_of
+from ..problems import Problem, ProblemKind
 from . import register
 from .base import Backend, Option
 
@@ -92,17 +93,48 @@ class TorchAO(Backend):
     def device_problem(cls, kwargs, device):
         key = cls.shortcut(kwargs)
         if key and SHORTCUTS[key][2] and not device.startswith("cuda"):
-            return (
+            return Problem(
+                ProblemKind.NEEDS_HARDWARE,
                 f"torchao {key!r} ({SHORTCUTS[key][0]}) needs a CUDA GPU (its CPU kernels are missing)",
                 "on CPU use torchao 'int8wo', 'int8dq' or 'float8wo', quanto 'int4', bitsandbytes_4bit or gguf 'Q4_0'",
             )
         if key == "int4wo" and importlib.util.find_spec("mslk") is None:
             # torchao >= 0.16 runs int4 weight-only through the mslk kernels (measured: "Requires mslk >= 1.0.0")
-            return (
+            return Problem(
+                ProblemKind.MISSING_PACKAGE,
                 "package 'mslk' is not installed (torchao 'int4wo' runs on its kernels)",
-                "pip install 'mslk-cuda>=1.0.0', or use quanto 'int4', bitsandbytes_4bit nf4 or gguf 'Q4_0'",
+                "use quanto 'int4', bitsandbytes_4bit nf4 or gguf 'Q4_0'",
+                install="mslk-cuda>=1.0.0",
             )
         return None
+
+    @classmethod
+    def encode_option(cls, name, value):
+        """A torchao config object becomes {"_torchao": its dict form with a type tag} (torchao's own format)."""
+        if name == "quant_type" and _is_aoconfig(value):
+            from torchao.core.config import config_to_dict
+
+            return {"_torchao": config_to_dict(value)}
+        return super().encode_option(name, value)
+
+    @classmethod
+    def decode_option(cls, name, value):
+        if name == "quant_type" and isinstance(value, dict):
+            if set(value) != {"_torchao"}:
+                raise ValueError(
+                    f"torchao quant_type {value!r} is neither a shortcut ({one_of(SHORTCUTS)}) nor a config object "
+                    "in its JSON form {'_torchao': {...}} (what to_dict() writes)."
+                )
+            from torchao.core.config import config_from_dict
+
+            return config_from_dict(value["_torchao"])
+        return value
+
+    @classmethod
+    def option_choices(cls, name):
+        if name == "quant_type":  # a shortcut string or a config object: a dropdown offers the shortcuts
+            return tuple(SHORTCUTS)
+        return super().option_choices(name)
 
     @classmethod
     def native_config(cls, kwargs, library):

@@ -87,8 +87,41 @@ class stopwatch:  # noqa: N801  (used like a function: `with stopwatch(device) a
             self.seconds = time.perf_counter() - self._t0
 
 
+def time_calls(fn: Callable[[int], Any], n: int, *, device: str = "cpu", warmup: int = 1,
+               on_step: Callable[[str], Any] | None = None) -> tuple[list[Any], Latency]:
+    """The one latency loop: `warmup` untimed calls `fn(0)`, then `fn(i)` timed for i in range(n).
+
+    Args:
+        fn: the call to time; it gets the index of the timed call (e.g. which prompt to draw) and its
+            result is kept.
+        n: timed calls (>= 1).
+        device: where the work runs ("cpu" or "cuda[:N]"), for synchronization.
+        warmup: untimed calls first (>= 0).
+        on_step: called with "warm-up i/k" or "call i/n" before each call (progress messages).
+
+    Returns:
+        (the results of the timed calls, a Latency with one sample per timed call).
+    """
+    if warmup < 0 or n < 1:
+        raise ValueError(f"warmup must be >= 0 and the number of timed calls >= 1, got warmup={warmup}, n={n}.")
+    for i in range(warmup):
+        if on_step is not None:
+            on_step(f"warm-up {i + 1}/{warmup}")
+        fn(0)
+    results, samples = [], []
+    method = "perf_counter"
+    for i in range(n):
+        if on_step is not None:
+            on_step(f"call {i + 1}/{n}")
+        with stopwatch(device) as sw:
+            results.append(fn(i))
+        samples.append(sw.seconds)
+        method = sw.method
+    return results, Latency(samples_s=samples, warmup=warmup, method=method)
+
+
 def time_call(fn: Callable[[], Any], *, device: str = "cpu", warmup: int = 1, repeats: int = 3) -> Latency:
-    """Run `fn` `warmup` times untimed, then `repeats` times timed.
+    """Run `fn` `warmup` times untimed, then `repeats` times timed (`time_calls` without results).
 
     Args:
         fn: the call to time (no arguments; wrap with a lambda).
@@ -101,16 +134,8 @@ def time_call(fn: Callable[[], Any], *, device: str = "cpu", warmup: int = 1, re
     """
     if warmup < 0 or repeats < 1:
         raise ValueError(f"warmup must be >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}.")
-    for _ in range(warmup):
-        fn()
-    samples = []
-    method = "perf_counter"
-    for _ in range(repeats):
-        with stopwatch(device) as sw:
-            fn()
-        samples.append(sw.seconds)
-        method = sw.method
-    return Latency(samples_s=samples, warmup=warmup, method=method)
+    _, latency = time_calls(lambda _i: fn(), repeats, device=device, warmup=warmup)
+    return latency
 
 
-__all__ = ["Latency", "stopwatch", "time_call"]
+__all__ = ["Latency", "stopwatch", "time_call", "time_calls"]

@@ -16,7 +16,7 @@ their names as `modules_to_not_convert`, e.g. with `result.config_keeping(3)`, a
 
     s = layer_sensitivity(source, QuantSpec("bitsandbytes_4bit", bnb_4bit_quant_type="nf4"), "transformer")
     s.frame.head()                # worst layers first
-    s.plot()                      # a matplotlib Figure
+    plot_layer_error(s.frame)     # a matplotlib Figure (quantkit.show.plots)
     s.config_keeping(3, config)   # the same config with the 3 worst layers left unquantized
 """
 
@@ -30,7 +30,39 @@ from typing import Any
 
 from ..config import PipelineQuantizationConfig, QuantSpec, as_spec
 
-DENOISERS = ("transformer", "unet", "prior")
+
+@dataclass(frozen=True)
+class KeepEstimate:
+    """What keeping some layers in full precision is expected to buy, estimated from the per-layer errors.
+
+    Attributes:
+        noise_share: the kept layers' share of the summed per-layer relative noise power (0..1). A rough
+            guide: errors of different layers do not simply add; measure to be sure.
+        worst_now_db: SQNR of the worst layer still quantized (inf when none is left).
+        worst_all_db: SQNR of the worst layer with every layer quantized.
+    """
+
+    noise_share: float
+    worst_now_db: float
+    worst_all_db: float
+
+
+def estimate_keep(frame, keep) -> KeepEstimate:
+    """The effect of keeping the layers `keep` in full precision, from a per-layer frame (`layer_sensitivity`)."""
+    measured = measured_layers(frame)
+    power = {r.layer: r.rel_error**2 for r in measured.itertuples() if r.rel_error == r.rel_error}
+    total = sum(power.values()) or 1.0
+    share = sum(power.get(n, 0.0) for n in keep) / total
+    remaining = measured[~measured["layer"].isin(list(keep))]
+    worst_now = float(remaining["sqnr_db"].min()) if len(remaining) else math.inf
+    worst_all = float(measured["sqnr_db"].min()) if len(measured) else math.inf
+    return KeepEstimate(noise_share=share, worst_now_db=worst_now, worst_all_db=worst_all)
+
+
+def measured_layers(frame):
+    """The rows of a per-layer frame that were quantized and measured (worst first): the one filter that the
+    report, the widgets, the exercises and compare's "+keep" variant all use."""
+    return frame[frame["status"] == "quantized"].dropna(subset=["sqnr_db"])
 
 
 @dataclass
@@ -49,8 +81,7 @@ class LayerSensitivity:
 
     def most_sensitive(self, n: int = 3) -> list[str]:
         """Names of the `n` quantized layers with the lowest SQNR."""
-        measured = self.frame[self.frame["status"] == "quantized"].dropna(subset=["sqnr_db"])
-        return list(measured["layer"].head(n))
+        return list(measured_layers(self.frame)["layer"].head(n))
 
     def config_keeping(self, n: int = 3, config: PipelineQuantizationConfig | None = None
                        ) -> PipelineQuantizationConfig:
@@ -58,12 +89,6 @@ class LayerSensitivity:
         if config is None:
             config = PipelineQuantizationConfig(quant_mapping={self.component: self.spec})
         return keep_in_full_precision(config, self.component, self.most_sensitive(n))
-
-    def plot(self, top: int = 30):
-        """Horizontal bars of SQNR per layer (a matplotlib Figure); see quantkit.show.plots.plot_layer_error."""
-        from ..show.plots import plot_layer_error
-
-        return plot_layer_error(self.frame, top=top, title=f"{self.component}: {self.quantization}")
 
     def __repr__(self) -> str:
         from ..units import text_table
@@ -121,7 +146,7 @@ def layer_errors(model, spec: QuantSpec, run: Callable[[], Any], *, device: str 
     import torch
     from tqdm.auto import tqdm
 
-    from ..plan import decide_layers
+    from ..planning.layers import decide_layers
 
     chosen, kept, _ = decide_layers(model, spec, device)
     modules = dict(model.named_modules())
@@ -214,7 +239,9 @@ def layer_sensitivity(source=None, quantization: Any = None, component: str | No
         pipe = load_pipeline(source, None, torch_dtype=torch_dtype, device=device, progress=progress)
     models = [n for n, m in pipe.components.items() if hasattr(m, "named_modules")]
     if component is None:
-        component = next((n for n in DENOISERS if n in models), None)
+        from ..planning.roles import denoiser
+
+        component = denoiser(models)
         if component is None:
             raise ValueError(f"This pipeline has no transformer or unet; name the component to study, one of "
                              f"{models}.")

@@ -19,7 +19,6 @@ binary units, 1 KB = 1024 B).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -308,20 +307,9 @@ def pareto_variants(frame, metric: str = "psnr") -> list[str]:
 
     The baseline's PSNR is infinite (identical to itself), so it is on the front as the largest, exact point.
     """
-    from .plots import pareto_front
+    from ..comparison.pareto import front_variants
 
-    ok = frame[frame["status"] == "ok"]
-    quality = [
-        math.inf if (v is None or (isinstance(v, float) and math.isnan(v))) and name == _baseline(ok) else float(v)
-        for name, v in ok[metric].items()
-    ]
-    front = pareto_front([float(b) for b in ok["bytes"]], quality)
-    return sorted(ok.index[i] for i in front)
-
-
-def _baseline(frame) -> str | None:
-    unquantized = [name for name, q in frame["quantization"].items() if q in ("-", None)]
-    return unquantized[0] if unquantized else None
+    return sorted(front_variants(frame, metric))
 
 
 def check_pareto(answer: Any, frame, metric: str = "psnr") -> None:
@@ -480,7 +468,9 @@ def check_kept_layers(config: Any, sensitivity, n: int = 2) -> None:
         )
     kept = spec.adapter.skip_modules(spec.kwargs)
     worst = sensitivity.most_sensitive(n)
-    measured = sensitivity.frame[sensitivity.frame["status"] == "quantized"].dropna(subset=["sqnr_db"])
+    from ..measure.sensitivity import measured_layers
+
+    measured = measured_layers(sensitivity.frame)
     best = list(measured["layer"].tail(n))
     if not kept:
         raise AssertionError("No layer is kept in full precision: pass their names as modules_to_not_convert.")

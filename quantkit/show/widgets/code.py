@@ -208,8 +208,9 @@ def diffusers_code(config: PipelineQuantizationConfig, plan) -> str:
     libraries = plan.libraries()
     names = config.named_components() if config.is_granular else (config.components_to_quantize or list(libraries))
     specs = {name: config.spec_for(name, list(libraries)) for name in names}
-    gguf = {n: s for n, s in specs.items() if s is not None and s.backend == "gguf"}
-    rest = {n: s for n, s in specs.items() if s is not None and s.backend != "gguf"}
+    # what diffusers cannot load from a pipeline config (GGUF) is loaded per component with from_single_file
+    gguf = {n: s for n, s in specs.items() if s is not None and not s.adapter.in_pipeline_config}
+    rest = {n: s for n, s in specs.items() if s is not None and s.adapter.in_pipeline_config}
     lines: list[str] = []
     config_arg = ""
     if rest:
@@ -236,7 +237,7 @@ def diffusers_code(config: PipelineQuantizationConfig, plan) -> str:
                 ")",
             ]
         config_arg = ", quantization_config=config"
-        if any(s.backend.startswith("bitsandbytes") for s in rest.values()) and not plan.device.startswith("cuda"):
+        if any(s.adapter.diffusers_needs_cuda for s in rest.values()) and not plan.device.startswith("cuda"):
             lines[:0] = [
                 '# diffusers\' bitsandbytes quantizer needs a CUDA GPU ("No GPU found");',
                 "# on a CPU, quantkit.load_pipeline quantizes these layers itself.",

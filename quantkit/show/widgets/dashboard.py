@@ -25,7 +25,6 @@ from ._base import BAD, GREY, View, error_html, esc, figure_png, set_visible, ta
 from .builder import WIDE, ConfigBuilder
 
 DPI = 72  # resolution of the plots shown (the PNGs travel to the browser: keep them small)
-WORKER_PREFIX = "quantkit-"  # compare names its worker processes "quantkit-<variant>"
 CANCELLED = "cancelled"
 
 
@@ -44,7 +43,7 @@ class CompareDashboard(View):
     Args:
         source: pipeline folder; None = quantkit.EMBEDDED_PIPELINE.
         variants: {name: PipelineQuantizationConfig | ConfigBuilder | None}, or a list of preset names (keys of
-            `quantkit.compare.default_variants`), ConfigBuilders and (name, config) pairs; default: every preset.
+            `quantkit.comparison.default_variants`), ConfigBuilders and (name, config) pairs; default: every preset.
             An unquantized baseline is added first when there is none.
         out: output folder (resumed when it holds results of the same settings); default: a temporary folder.
         prompts, seeds, num_inference_steps: what every variant draws (defaults: compare's prompts, seed 0, the
@@ -71,7 +70,7 @@ class CompareDashboard(View):
         num_inference_steps: int | None = None,
         **compare_kwargs,
     ):
-        from ...compare import DEFAULT_PROMPTS
+        from ...comparison import DEFAULT_PROMPTS
 
         self.source = source
         self.compare_kwargs = compare_kwargs
@@ -84,7 +83,7 @@ class CompareDashboard(View):
         self.results = None
         self.errors: dict[str, str] = {}  # variant -> why compare refused it (e.g. a name reused with another config)
         try:
-            from ...compare import default_variants
+            from ...comparison import default_variants
 
             self.presets = default_variants(source)
         except Exception as err:
@@ -182,7 +181,7 @@ class CompareDashboard(View):
         if name not in self.presets:
             raise ValueError(
                 f"Unknown preset {name!r}; presets: {', '.join(self.presets) or 'none'} (see "
-                "quantkit.compare.default_variants)."
+                "quantkit.comparison.default_variants)."
             )
         return self.presets[name]
 
@@ -255,7 +254,7 @@ class CompareDashboard(View):
         Returns:
             CompareResults with one record per variant of this dashboard (a cancelled run: those finished).
         """
-        from ...compare import CompareResults, compare
+        from ...comparison import CompareResults, compare
 
         self._stop.clear()
         self.errors.pop("run", None)
@@ -285,7 +284,8 @@ class CompareDashboard(View):
                 retry = name in self.cancelled
                 try:
                     results = compare(
-                        self.source, batch, out=folder, report=False, progress=False, retry_failed=retry, **settings
+                        self.source, batch, out=folder, stop=self._stop, report=False, progress=False,
+                        retry_failed=retry, **settings
                     )
                 except (ValueError, TypeError, RuntimeError) as err:
                     self.errors[name] = f"{type(err).__name__}: {err}"
@@ -293,8 +293,8 @@ class CompareDashboard(View):
                 else:
                     self.errors.pop(name, None)
                 record = next((r for r in (results.records if results else []) if r["variant"] == name), None)
-                if self._stop.is_set() and record is not None and record.get("status") != "ok":
-                    self.cancelled.add(name)  # killed by Cancel: run it again next time
+                if self._stop.is_set() and record is None:
+                    self.cancelled.add(name)  # stopped by Cancel (compare records nothing): run it next time
                 elif record is not None:
                     self.cancelled.discard(name)
                 if results is not None:
@@ -323,15 +323,10 @@ class CompareDashboard(View):
     def cancel(self, change=None) -> None:
         """Stop the run: no further variant starts, and the worker of the running one is stopped.
 
-        The stopped variant is recorded by compare as failed; the dashboard marks it cancelled and runs it again
-        at the next run.
+        compare() is given this dashboard's stop event: it stops the running variant's worker and records nothing
+        for it; the dashboard marks it cancelled and runs it at the next run.
         """
-        import multiprocessing
-
         self._stop.set()
-        for process in multiprocessing.active_children():  # only processes this Python process started
-            if process.name.startswith(WORKER_PREFIX):
-                process.terminate()
         self._show_status()
 
     # -- showing ----------------------------------------------------------------------------------------------
@@ -358,7 +353,7 @@ class CompareDashboard(View):
 
     def _show_results(self, results, variants: dict) -> None:
         """Keep this dashboard's variants, in its order, and redraw the table, the plots and the images."""
-        from ...compare import CompareResults
+        from ...comparison import CompareResults
 
         order = list(variants)
         records = sorted(
@@ -419,6 +414,9 @@ def results_html(results, cancelled: set[str] = frozenset()) -> str:
             row = [esc(row[0]), *map(esc, row[1:])]
         cells.append(row)
         styles.append(BAD if failed and name not in cancelled else (GREY if failed else ""))
+    for name in sorted(set(cancelled) - set(status)):  # stopped before it finished: compare recorded nothing
+        cells.append([esc(name) + f" <span style='{GREY}'>({CANCELLED})</span>", *[""] * (len(headers) - 1)])
+        styles.append(GREY)
     return table_html([esc(h) for h in headers], cells, styles)
 
 

@@ -37,7 +37,7 @@ class LayerInspector(View):
     Args:
         source: pipeline folder; None = quantkit.EMBEDDED_PIPELINE.
         config: the quantization to inspect: a PipelineQuantizationConfig or a ConfigBuilder (its value); default:
-            the first quantized preset of `quantkit.compare.default_variants`.
+            the first quantized preset of `quantkit.comparison.default_variants`.
         component: the component to rank first (default: the denoiser, else the first quantized one).
         results, variant: a CompareResults (and its variant) whose per-layer study to show instead of measuring.
         prompts, seeds, call_kwargs: what the pipeline draws while the errors are measured (and in `measure`).
@@ -74,7 +74,8 @@ class LayerInspector(View):
         out: str | Path | None = None,
         **compare_kwargs,
     ):
-        from ...plan import default_device, plan
+        from ...devices import default_device
+        from ...planning import plan
 
         self.source = source
         self.results = results
@@ -101,7 +102,7 @@ class LayerInspector(View):
         quantized = self.base_plan.quantized
         if not quantized:
             raise ValueError("This config quantizes no component of the pipeline; nothing to inspect.")
-        from ...compare import DENOISERS
+        from ...planning.roles import DENOISERS
 
         first = component or next((n for n in DENOISERS if n in quantized), quantized[0])
         if first not in quantized:
@@ -154,7 +155,7 @@ class LayerInspector(View):
                 raise ValueError(f"{self.variant!r} is not a quantized variant of these results.")
             return PipelineQuantizationConfig.from_dict(record["config"])
         if config is None:
-            from ...compare import default_variants
+            from ...comparison import default_variants
 
             return next(c for c in default_variants(self.source).values() if c is not None)
         if not isinstance(config, PipelineQuantizationConfig):
@@ -266,7 +267,9 @@ class LayerInspector(View):
         frame = self.table
         for box in self.checks.values():
             box.close()
-        measured = frame[frame["status"] == "quantized"].dropna(subset=["sqnr_db"])
+        from ...measure.sensitivity import measured_layers
+
+        measured = measured_layers(frame)
         shown = measured.head(self.top)
         worst_error = max((r for r in shown["rel_error"] if r == r), default=1.0) or 1.0
         self.checks, rows = {}, []
@@ -303,7 +306,7 @@ class LayerInspector(View):
         """Re-plan with the ticked layers kept, and show the size and the estimated quality effect."""
         if self._quiet or self.table is None:
             return
-        from ...plan import plan
+        from ...planning import plan
 
         name = self.component.value
         try:
@@ -319,7 +322,7 @@ class LayerInspector(View):
         Returns:
             The CompareResults (baseline, as configured, and with the kept layers when any are ticked).
         """
-        from ...compare import DEFAULT_PROMPTS, compare
+        from ...comparison import DEFAULT_PROMPTS, compare
 
         keep = self.keep
         tag = hashlib.sha1(json.dumps([self.component.value, list(keep)]).encode()).hexdigest()[:6]
@@ -387,7 +390,9 @@ class LayerInspector(View):
         if self.table is None:
             return head + (f" ({self.error})" if self.error else " (not ranked yet)")
         frame = self.table
-        measured = frame[frame["status"] == "quantized"].dropna(subset=["sqnr_db"]).head(8)
+        from ...measure.sensitivity import measured_layers
+
+        measured = measured_layers(frame).head(8)
         lines = [
             f"  {r.layer:<40} {r.sqnr_db:6.1f} dB  {r.rel_error:.2%}" + ("  [keep]" if r.layer in self.keep else "")
             for r in measured.itertuples()
@@ -419,15 +424,12 @@ def effect_html(before_plan, after_plan, component: str, frame, keep: tuple[str,
         f"</b> ({'+' if delta >= 0 else ''}{esc(human_bytes(delta))}); whole pipeline "
         f"{esc(human_bytes(after_plan.bytes_after))}"
     )
-    measured = frame[frame["status"] == "quantized"].dropna(subset=["sqnr_db"])
-    power = {r.layer: r.rel_error**2 for r in measured.itertuples() if r.rel_error == r.rel_error}
-    total = sum(power.values()) or 1.0
-    share = sum(power.get(n, 0.0) for n in keep) / total
-    remaining = measured[~measured["layer"].isin(keep)]
-    worst_now = remaining["sqnr_db"].min() if len(remaining) else math.inf
+    from ...measure.sensitivity import estimate_keep
+
+    e = estimate_keep(frame, keep)
     quality = (
-        f"worst remaining layer: {worst_now:.1f} dB SQNR (all quantized: {measured['sqnr_db'].min():.1f} dB); "
-        f"the kept layers carry {share:.0%} of the summed per-layer relative noise power "
+        f"worst remaining layer: {e.worst_now_db:.1f} dB SQNR (all quantized: {e.worst_all_db:.1f} dB); "
+        f"the kept layers carry {e.noise_share:.0%} of the summed per-layer relative noise power "
         f"<span style='{GREY}'>(a rough guide: errors of different layers do not simply add; measure to be "
         "sure)</span>"
     )

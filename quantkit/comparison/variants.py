@@ -1,0 +1,145 @@
+"""The variants a comparison runs: the default catalogue, reading them from a file, and their names.
+
+`default_variants(source)` is the standard comparison: the baseline and all five backends, on the
+components `quantkit.planning.roles.default_components` names (the denoiser and the T5 encoders).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..config import PipelineQuantizationConfig
+
+# Prompts of the shapes world the embedded pipeline was trained on (see quantkit.models.shapes).
+DEFAULT_PROMPTS = ("a red circle", "a blue square on the left", "a small green triangle", "a large yellow circle")
+DEFAULT_SEEDS = (0, 1)
+
+
+def default_variants(source=None) -> dict[str, PipelineQuantizationConfig | None]:
+    """The standard comparison: the baseline and all five backends, on the denoiser and the T5 encoder.
+
+    As in diffusers' example (`components_to_quantize=["transformer", "text_encoder_2"]` on FLUX): the
+    denoiser ("transformer" or "unet") and every T5 encoder are quantized; CLIP and the VAE stay as they are.
+    quanto int4 is left out: it compiles a CPU kernel (~30 s) on its first use on a machine.
+    """
+    from ..planning.roles import default_components
+    from ..planning.sources import read_model_index, resolve_source
+
+    _, index = read_model_index(resolve_source(source))
+    components = default_components(index)
+    if not components:
+        raise ValueError(f"This pipeline has no transformer, unet or T5 encoder; its components are {sorted(index)}."
+                         " Pass variants with components_to_quantize naming the ones to quantize.")
+
+    def cfg(backend: str, **kwargs) -> PipelineQuantizationConfig:
+        return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
+                                          components_to_quantize=components)
+
+    return {
+        "baseline": None,
+        "bnb-nf4": cfg("bitsandbytes_4bit", bnb_4bit_quant_type="nf4"),
+        "bnb-int8": cfg("bitsandbytes_8bit", llm_int8_threshold=6.0),
+        "quanto-int8": cfg("quanto", weights_dtype="int8"),
+        "torchao-int8wo": cfg("torchao", quant_type="int8wo"),
+        "gguf-Q8_0": cfg("gguf", quant_type="Q8_0"),
+        "gguf-Q4_0": cfg("gguf", quant_type="Q4_0"),
+    }
+
+
+def variants_to_dict(variants: dict[str, PipelineQuantizationConfig | None]) -> dict[str, dict | None]:
+    """{name: config.to_dict() or None}: the JSON form `read_variants` reads back."""
+    return {name: (None if c is None else c.to_dict()) for name, c in variants.items()}
+
+
+def read_variants(path: str | Path) -> dict[str, PipelineQuantizationConfig | None]:
+    """Variants from a JSON file (or YAML, when PyYAML is installed): {name: PipelineQuantizationConfig dict or null}.
+
+    Raises:
+        ValueError: the file is not a mapping of names to config dicts, or a config is invalid (names it).
+    """
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ImportError(f"{path} is YAML, which needs PyYAML: pip install 'pyyaml', or write the variants "
+                              "as JSON.") from None
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}). Expected {{name: config dict or null}}, e.g. "
+                             '{"baseline": null, "quanto-int8": {"quant_backend": "quanto", "quant_kwargs": '
+                             '{"weights_dtype": "int8"}, "components_to_quantize": ["transformer"]}}.') from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path} must hold a non-empty mapping {{name: config dict or null}}, got "
+                         f"{type(data).__name__}.")
+    out = {}
+    for name, value in data.items():
+        if value is None:
+            out[str(name)] = None
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"Variant {name!r} in {path} must be a config dict or null, got {type(value).__name__}.")
+        try:
+            out[str(name)] = PipelineQuantizationConfig.from_dict(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"Variant {name!r} in {path}: {err}") from None
+    return out
+
+
+def slug(name: str) -> str:
+    """A folder name for a variant: letters, digits, '.', '_' and '-' kept, anything else becomes '-'."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-.")
+    return s or "variant"
+
+
+def config_key(config: dict | None) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def config_dict(config: PipelineQuantizationConfig | None) -> dict | None:
+    """The JSON form of a variant's config as it is stored in a record (None for the baseline)."""
+    from .store import jsonable
+
+    return None if config is None else json.loads(json.dumps(jsonable(config.to_dict())))
+
+
+def check_variants(variants) -> dict[str, PipelineQuantizationConfig | None]:
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError("variants must be a non-empty dict {name: PipelineQuantizationConfig or None}, e.g. "
+                         "{'baseline': None, 'quanto-int8': PipelineQuantizationConfig(quant_backend='quanto', "
+                         "quant_kwargs={'weights_dtype': 'int8'})}.")
+    out: dict[str, PipelineQuantizationConfig | None] = {}
+    for name, config in variants.items():
+        if config is not None and not isinstance(config, PipelineQuantizationConfig):
+            if isinstance(config, dict):
+                config = PipelineQuantizationConfig.from_dict(config)
+            else:
+                raise TypeError(f"Variant {name!r} is a {type(config).__name__}; use a quantkit "
+                                "PipelineQuantizationConfig (or its dict form), or None for the baseline.")
+        out[str(name)] = config
+    slugs: dict[str, str] = {}
+    for name in out:
+        s = slug(name)
+        if s in slugs:
+            raise ValueError(f"Variant names {slugs[s]!r} and {name!r} map to the same folder name {s!r}; rename one.")
+        slugs[s] = name
+    baseline = [n for n, c in out.items() if c is None]
+    if not baseline:
+        if "baseline" in out:
+            raise ValueError("No variant is the unquantized baseline (config None), and the name 'baseline' is "
+                             "taken; add one, e.g. {'bf16': None, ...}.")
+        out = {"baseline": None, **out}
+    else:  # the reference runs first
+        out = {baseline[0]: None, **{n: c for n, c in out.items() if n != baseline[0]}}
+    return out
+
+
+
+__all__ = ["DEFAULT_PROMPTS", "DEFAULT_SEEDS", "check_variants", "config_dict", "config_key", "default_variants",
+           "read_variants", "slug", "variants_to_dict"]

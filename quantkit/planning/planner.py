@@ -1,0 +1,172 @@
+"""Planning a quantized load: what will happen to each component, before any weight is read.
+
+`plan(source, config, device=...)` reads the pipeline's `model_index.json`, each component's
+config and its safetensors headers, builds each quantized model on the `meta` device (shapes
+only, no memory) to find its Linear layers, and lets the backend decide per layer whether it takes
+it. The result, a `LoadPlan`, says per component: library, class, backend and the concrete config
+object, the loader used, whether it runs on the target device (if not, a `Problem`: why, and what
+instead), and bytes before and (estimated) after. Printing it teaches what `load_pipeline` will do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import numel, read_headers
+from ..config import PipelineQuantizationConfig, QuantSpec
+from ..devices import default_device, parse_device
+from ..dtypes import COMPUTE_BYTES, COMPUTE_DTYPES, FLOAT_CODES, SAFETENSORS, dtype_name
+from ..errors import did_you_mean, one_of
+from .layers import decide_layers
+from .model import ComponentPlan, Loader, LoadPlan
+from .sources import MODEL_LIBRARIES, meta_model, read_json, read_model_index, resolve_source
+
+
+def plan(
+    source: str | Path | None = None,
+    config: PipelineQuantizationConfig | None = None,
+    *,
+    device: str | None = None,
+    torch_dtype: Any = None,
+) -> LoadPlan:
+    """Plan loading `source` with `config` on `device`, reading no weights.
+
+    Args:
+        source: pipeline folder, hub id, or None for quantkit.EMBEDDED_PIPELINE.
+        config: a PipelineQuantizationConfig, or None to load unquantized.
+        device: "cpu", "cuda", "cuda:1" ...; default: CUDA when available.
+        torch_dtype: dtype of the unquantized tensors (torch.bfloat16 or "bfloat16"); None = the dtype most of
+            the checkpoint is stored in.
+
+    Returns:
+        A LoadPlan. It does not raise for components that cannot run on `device`: it records why
+        (`problems()`); `load_pipeline` raises for them before loading anything.
+
+    Raises:
+        ValueError: a component named in the config that the pipeline does not have, or that is not a model.
+    """
+    if config is not None and not isinstance(config, PipelineQuantizationConfig):
+        raise TypeError(
+            f"config must be a quantkit.PipelineQuantizationConfig (or None), got {type(config).__name__}."
+            " Convert a diffusers one with PipelineQuantizationConfig.from_diffusers(config)."
+        )
+    device = parse_device(device) if device is not None else default_device()
+    dtype_given = dtype_name(torch_dtype) if torch_dtype is not None else None
+    folder = resolve_source(source)
+    pipeline_class, index = read_model_index(folder)
+    models = [n for n, (lib, _) in index.items() if lib in MODEL_LIBRARIES and _has_weights(folder / n)]
+    dtype = dtype_given or checkpoint_dtype(folder, models)
+
+    if config is not None:
+        for name in config.named_components():
+            if name not in index:
+                raise ValueError(
+                    f"Component {name!r} is not in this {pipeline_class}.{did_you_mean(name, index)} "
+                    f"Its components: {one_of(index)}."
+                )
+            if name not in models:
+                raise ValueError(
+                    f"Component {name!r} is a {index[name][1]}, not a model with weights: it cannot be "
+                    f"quantized. Quantize one of {one_of(models)}."
+                )
+
+    components = {}
+    for name, (library, class_name) in index.items():
+        c = ComponentPlan(
+            name=name,
+            library=library,
+            class_name=class_name,
+            folder=folder / name,
+            is_model=name in models,
+        )
+        if c.is_model:
+            headers = read_headers(c.folder)
+            c.params = sum(numel(shape) for _, shape in headers.values())
+            c.bytes_before = sum(_tensor_bytes(code, shape, dtype) for code, shape in headers.values())
+            c.bytes_after = c.bytes_before
+            c.spec = config.spec_for(name, models) if config is not None else None
+            saved = saved_spec(c.folder)
+            if saved is not None:
+                if c.spec is not None:
+                    raise ValueError(
+                        f"Component {name!r} in {folder} is already quantized ({saved.label()}); load the "
+                        "folder without a config for it, or quantize the original pipeline instead."
+                    )
+                c.spec, c.loader = saved, Loader.RESTORE
+                c.config = None
+            elif c.spec is not None:
+                _plan_quantized(c, headers, dtype, device)
+        components[name] = c
+    return LoadPlan(
+        source=str(source) if source is not None else "the embedded pipeline",
+        folder=folder,
+        pipeline_class=pipeline_class,
+        device=device,
+        torch_dtype=dtype,
+        config=config,
+        components=components,
+    )
+
+
+def checkpoint_dtype(folder: Path, models: list[str]) -> str | None:
+    """The float dtype most of the pipeline's weight bytes are stored in (None when there are none).
+
+    Used when no torch_dtype is given, so that every component loads in the dtype it was saved in
+    (diffusers' own default would turn a bf16 pipeline into fp32 beside quantized bf16 layers)."""
+    weight: dict[str, int] = {}
+    for name in models:
+        for code, shape in read_headers(folder / name).values():
+            if SAFETENSORS[code][0] in COMPUTE_DTYPES:
+                weight[code] = weight.get(code, 0) + numel(shape) * SAFETENSORS[code][1]
+    return SAFETENSORS[max(weight, key=weight.get)][0] if weight else None
+
+
+def saved_spec(folder: Path) -> QuantSpec | None:
+    """The QuantSpec of a component folder written by quantkit.save_pipeline (None for ordinary folders)."""
+    path = folder / "quantkit_quantization.json"
+    if not path.is_file():
+        return None
+    info = read_json(path, "a component saved by quantkit.save_pipeline")
+    try:
+        return QuantSpec.from_dict(info["quant"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path} is damaged ({type(err).__name__}: {err}); it should hold {{'quant': {{'backend': ...}}, "
+            "'layers': {...}}. Save the pipeline again."
+        ) from None
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+
+
+def _tensor_bytes(code: str, shape: tuple[int, ...], dtype: str | None) -> int:
+    per = COMPUTE_BYTES[dtype] if dtype and code in FLOAT_CODES else SAFETENSORS[code][1]
+    return numel(shape) * per
+
+
+def _plan_quantized(c: ComponentPlan, headers: dict, dtype: str | None, device: str) -> None:
+    """Fill the quantization part of a component plan: config object, loader, layers, bytes, problems."""
+    adapter = c.spec.adapter
+    c.issue = adapter.package_problem()
+    if c.issue is not None:
+        return
+    c.issue = adapter.device_problem(c.spec.kwargs, device)
+    c.config = adapter.native_config(c.spec.kwargs, c.library)
+    model = meta_model(c.library, c.class_name, c.folder)
+    c.quantized_layers, c.skipped_layers, c.layers_total = decide_layers(model, c.spec, device)
+    c.loader = Loader.STREAM
+    adapter.plan_component(c, headers, model, device)
+    modules = dict(model.named_modules())
+    per = COMPUTE_BYTES.get(dtype or "", None)
+    for layer in c.quantized_layers:
+        m = modules[layer]
+        code, shape = headers.get(f"{layer}.weight", ("F32", (m.out_features, m.in_features)))
+        before = _tensor_bytes(code, shape, dtype)
+        dtype_bytes = per or SAFETENSORS[code][1]
+        c.bytes_after += adapter.weight_bytes(c.spec.kwargs, m.out_features, m.in_features, dtype_bytes) - before
+    del model
+
+
+__all__ = ["checkpoint_dtype", "plan", "saved_spec"]
