@@ -164,9 +164,30 @@ class TorchAO(Backend):
 
     @classmethod
     def quantize_linear(cls, linear, kwargs, device):
-        from torchao.quantization import quantize_
+        """`quantize_(linear, config)`; for the int8 weight-only config (per row, the default) the same result,
+        bit for bit, computed in row chunks straight into the int8 tensor (torchao itself multiplies the whole
+        bf16 weight by an fp32 scale, so it makes several weight-sized fp32 temporaries per layer)."""
+        config = cls.config_object(kwargs)
+        qweight = _int8_weight_only(linear.weight.detach(), config)
+        if qweight is None:
+            from torchao.quantization import quantize_
 
-        quantize_(linear, cls.config_object(kwargs))
+            quantize_(linear, config)
+            return linear
+        # the rest of torchao's handler for Int8WeightOnlyConfig (_int8_weight_only_transform)
+        import types
+        from functools import partial
+
+        import torch
+        from torchao.quantization.quant_api import _module_extra_repr
+        from torchao.quantization.utils import recommended_inductor_config_setter
+
+        if config.set_inductor_config:
+            recommended_inductor_config_setter()
+        linear.weight = torch.nn.Parameter(qweight, requires_grad=False)
+        linear.extra_repr = types.MethodType(
+            partial(_module_extra_repr, original_extra_repr=linear.extra_repr, parameter_name="weight"), linear
+        )
         return linear
 
     @classmethod
@@ -188,6 +209,62 @@ class TorchAO(Backend):
         new.load_state_dict(state, assign=True)
         new.weight.requires_grad_(False)
         return new
+
+
+# Elements per chunk of rows on the CPU (1 MiB of float32 scratch, in L2/L3 cache); reductions, products and
+# round/clamp run in float32 there, which is what torchao's own arithmetic comes to (see _int8_weight_only).
+_CHUNK = 1 << 18
+_DEVICE_CHUNK = 1 << 20  # on a GPU: fewer, larger kernels (a 4 MiB temporary)
+
+
+def _int8_weight_only(w, config):
+    """Int8Tensor.from_hp(w, PerRow()) as torchao computes it, chunk by chunk of rows; None for any other config
+    (then quantize_ runs as usual). torchao: scale = max(-min(w), max(w), 0) per row / 127.5 in w's dtype, clamped
+    to float32's eps, stored as float32; q = clamp(round(w * (1 / scale)), -128, 127) where the product is float32
+    (type promotion), so one float32 copy of a chunk serves the min/max and the product exactly."""
+    import torch
+    from torchao.quantization import Int8WeightOnlyConfig
+    from torchao.quantization.granularity import PerRow
+
+    if (
+        type(config) is not Int8WeightOnlyConfig
+        or getattr(config, "version", None) != 2
+        or config.group_size is not None
+        or type(config.granularity) is not PerRow
+        or config.granularity.dim not in (-1, 1)
+        or w.ndim != 2
+        or w.dtype not in (torch.bfloat16, torch.float16, torch.float32)
+    ):
+        return None
+    from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
+
+    from ..checkpoint import scratch
+
+    n, k = w.shape
+    rows = min(n, max(1, (_CHUNK if w.device.type == "cpu" else _DEVICE_CHUNK) // k))
+    qdata = torch.empty(n, k, dtype=torch.int8, device=w.device)
+    scale = torch.empty(n, 1, dtype=torch.float32, device=w.device)
+    f = scratch("torchao.f", (rows, k), torch.float32, w.device)
+    lo = scratch("torchao.lo", (rows, 1), torch.float32, w.device)
+    hi = scratch("torchao.hi", (rows, 1), torch.float32, w.device)
+    eps = torch.finfo(torch.float32).eps
+    for i in range(0, n, rows):
+        chunk = w[i : i + rows]
+        r = chunk.shape[0]
+        fs = f[:r]
+        fs.copy_(chunk)
+        torch.amin(fs, dim=1, keepdim=True, out=lo[:r])  # exact: the row's own values
+        torch.amax(fs, dim=1, keepdim=True, out=hi[:r])
+        # choose_qparams_affine (MappingType.SYMMETRIC), in w's dtype as torchao does it
+        low, high = lo[:r].to(w.dtype), hi[:r].to(w.dtype)
+        zeros = torch.zeros_like(low)
+        top = torch.max(-torch.min(low, zeros), torch.max(high, zeros))
+        s = scale[i : i + r]
+        s.copy_(torch.clamp(top / (float(127 - (-128)) / 2), min=eps))
+        fs.mul_(1.0 / s).round_().clamp_(-128, 127)  # + zero_point (0) changes nothing
+        qdata[i : i + r].copy_(fs)
+    zero_point = torch.zeros_like(scale, dtype=torch.int8)
+    return Int8Tensor(qdata, scale, [1, k], w.dtype, zero_point=zero_point)
 
 
 __all__ = ["SHORTCUTS", "TorchAO"]
