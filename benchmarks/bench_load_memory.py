@@ -15,7 +15,7 @@ GGUF variants load from the cached file (written, and quanto's int4 kernel built
     python benchmarks/bench_load_memory.py --only quantkit-quanto-int8 diffusers-quanto-int8 --repeats 5
     python benchmarks/bench_load_memory.py --only quantkit-quanto-int8 quantkit-quanto-int8+QUANTKIT_MALLOC_TUNING=1
     python benchmarks/bench_load_memory.py --only quantkit-bnb-nf4 quantkit-bnb-nf4+QUANTKIT_BENCH_ROOT=/tmp/old
-    python benchmarks/bench_load_memory.py --device cuda      # GPU mode: peak device memory, < 5 min on one GPU
+    python benchmarks/bench_load_memory.py --device cuda      # GPU mode: peak device memory, 2 rounds, ~4-5 min
 
 A variant name may carry `+KEY=VALUE` suffixes: environment variables for that variant's process, for A/B runs
 within one run (QUANTKIT_BENCH_ROOT=DIR imports quantkit from DIR, e.g. a copy of the code before a change).
@@ -372,7 +372,7 @@ def main(argv=None) -> None:
         default=Path(os.environ.get("QUANTKIT_CACHE", Path.home() / ".cache" / "quantkit")) / "bench-flux-280m",
     )
     parser.add_argument("--only", nargs="*", metavar="NAME", help=f"run these variants only: {', '.join(VARIANTS)}")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds over the variants (default 3)")
+    parser.add_argument("--repeats", type=int, help="rounds over the variants (default 3 on CPU, 2 on CUDA)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--json", type=Path, help="also write the rows and the summary to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -388,13 +388,15 @@ def main(argv=None) -> None:
     unknown = [n for n in names if n.split("+")[0] not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)} (optionally +KEY=VALUE)")
+    if args.repeats is None:
+        args.repeats = 3 if args.device == "cpu" else 2  # CUDA: every variant twice in ~4-5 minutes
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     start = time.perf_counter()
     build(args.cache)
     out = _run(__file__, ["--cache", str(args.cache), "--device", args.device, "--prepare", *names])
-    if out.returncode:
-        sys.exit(f"preparing failed:\n{out.stderr[-3000:]}")
+    if out.returncode:  # e.g. a kernel that does not build here: those variants will report FAILED
+        print(f"preparing failed (continuing): {out.stderr.strip().splitlines()[-1:]}", flush=True)
     print(f"pipeline: {args.cache} (built/checked/prepared in {time.perf_counter() - start:.0f} s)", flush=True)
     from quantkit.planning import plan
 

@@ -123,7 +123,20 @@ def mid_pipeline_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("case", list(CASES))
+PEAK_CASES = [
+    pytest.param(
+        "quanto-int4",
+        marks=pytest.mark.xfail(
+            reason="quanto packs int4 for its CUDA kernels from a weight-sized int32 copy (tinygemm/AWQ)", strict=False
+        ),
+    )
+    if case == "quanto-int4"
+    else case
+    for case in CASES
+]
+
+
+@pytest.mark.parametrize("case", PEAK_CASES)
 def test_peak_device_memory_of_a_streamed_load(mid_pipeline_dir, case):
     from quantkit.planning.sources import meta_model
 

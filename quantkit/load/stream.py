@@ -293,9 +293,11 @@ class _Mover:
         host = buffer[:n].view(dtype).view(tensor.shape)
         host.copy_(tensor)
         out = torch.empty(tensor.shape, dtype=dtype, device=self.device)
-        out.copy_(host, non_blocking=True)
+        stream = torch.cuda.current_stream(self.device)  # where the copy is queued (the target device's stream)
+        with torch.cuda.stream(stream):
+            out.copy_(host, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(stream)
         self._events[slot] = event
         return out
 
