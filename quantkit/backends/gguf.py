@@ -206,6 +206,7 @@ def _from_single_file(c, path: Path, dtype, compute, device: str):
     """Load a published GGUF file through diffusers' single-file path (it converts original tensor names)."""
     from diffusers import GGUFQuantizationConfig
 
+    from ..dtypes import dtype_kwargs
     from ..planning.sources import model_class
 
     cls = model_class(c.library, c.class_name)
@@ -220,7 +221,7 @@ def _from_single_file(c, path: Path, dtype, compute, device: str):
             quantization_config=GGUFQuantizationConfig(compute_dtype=compute),
             config=str(c.folder.parent),
             subfolder=c.name,
-            torch_dtype=dtype,
+            **dtype_kwargs(dtype),
         )
     except Exception as err:  # diffusers' converters raise KeyError, IndexError, RuntimeError ... on wrong files
         raise ValueError(

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import PipelineQuantizationConfig
 from ..devices import check_device
-from ..dtypes import to_torch_dtype
+from ..dtypes import dtype_kwargs, to_torch_dtype
 from ..planning import ComponentPlan, Loader, LoadPlan, plan
 from ..planning.sources import model_class
 from .allocator import allocator_tuning
@@ -75,7 +75,7 @@ def load_pipeline(
                     loaded[name] = load_component(c, p, progress=progress)
         pipeline_cls = model_class("diffusers", p.pipeline_class)
         with _library_progress(progress):
-            pipe = pipeline_cls.from_pretrained(p.folder, **dtype_kwargs(pipeline_cls, dtype), **loaded)
+            pipe = pipeline_cls.from_pretrained(p.folder, **dtype_kwargs(dtype), **loaded)
         for name, c in p.components.items():
             if c.is_model and name not in loaded:
                 getattr(pipe, name).to(p.device)
@@ -124,16 +124,6 @@ def _progress(items, enabled: bool, desc: str):
     return tqdm(items, desc=desc, disable=not enabled or len(items) < 2, leave=False)
 
 
-def dtype_kwargs(cls, dtype) -> dict:
-    """`dtype=` for diffusers versions that take it (0.42+: `torch_dtype` is deprecated), else `torch_dtype=`."""
-    if dtype is None:
-        return {}
-    import inspect
-
-    params = inspect.signature(cls.from_pretrained).parameters
-    return {"dtype": dtype} if "dtype" in params else {"torch_dtype": dtype}
-
-
 def load_component(c: ComponentPlan, p: LoadPlan, *, progress: bool = False):
     """Load one quantized component as its plan says: the backend says where its weights come from
     (`Backend.weights`); the streaming loader fills the model from there, unless the backend loaded it whole."""
@@ -148,4 +138,4 @@ def load_component(c: ComponentPlan, p: LoadPlan, *, progress: bool = False):
     return model
 
 
-__all__ = ["dtype_kwargs", "load_component", "load_pipeline"]
+__all__ = ["load_component", "load_pipeline"]

@@ -159,7 +159,22 @@ def footprint(obj):
     frame.loc["total"] = total
     for col in ("bytes", "params", "quantized_params", "quantized_bytes", "reported_bytes"):
         frame[col] = frame[col].astype("int64")
-    return frame
+    return _readable(frame)
+
+
+def _readable(frame):
+    """The same DataFrame, printed as `format_footprint` writes it (every column visible, units named)."""
+    import pandas as pd
+
+    class Footprint(pd.DataFrame):
+        @property
+        def _constructor(self):  # anything derived (a slice, a sum) is a plain DataFrame again
+            return pd.DataFrame
+
+        def __repr__(self) -> str:
+            return format_footprint(self)
+
+    return Footprint(frame)
 
 
 def format_footprint(frame) -> str:
