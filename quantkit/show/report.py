@@ -303,9 +303,10 @@ def _speed_findings(ok, ref: str, device: str, latency, size) -> list[str]:
     ratios = (latency.drop(index=ref) / latency[ref]).dropna()
     if ratios.empty or not latency[ref] > 0:
         return []
-    where = "on this CPU" if device == "cpu" else f"on this GPU ({device})" if device.startswith("cuda") else "here"
+    where = "on this CPU" if device == "cpu" else f"on {device}"
     slower, faster = ratios[ratios > 1.0], ratios[ratios <= 1.0]
-    span = f"{ratios.min():.1f}× to {ratios.max():.1f}×" if len(ratios) > 1 else f"{ratios.max():.1f}×"
+    lo, hi = f"{ratios.min():.1f}×", f"{ratios.max():.1f}×"
+    span = hi if lo == hi else f"{lo} to {hi}"
     if faster.empty:
         text = (
             f"Every quantized variant is slower than the reference {where} ({span} its {latency[ref]:.3f} s per "
@@ -338,9 +339,10 @@ def _memory_findings(ok, ref: str, device: str, size) -> list[str]:
         return []
     saved, change = size[ref] - size[small], peak[small] / peak[ref] - 1.0
     share = size[ref] / peak[ref]
+    percent = f"{change:+.1%}" if abs(change) < 0.1 else f"{change:+.0%}"
     numbers = (
         f"{what} is {human_bytes(peak[ref])} for the reference and {human_bytes(peak[small])} for {_bold(small)} "
-        f"({change:+.0%}), which holds {human_bytes(saved)} less weights"
+        f"({percent}), whose weights are {human_bytes(saved)} smaller"
     )
     if share >= 0.25:
         return [numbers[0].upper() + numbers[1:] + f"; the weights are {share:.0%} of the reference's peak."]
