@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pandas as pd
@@ -140,4 +139,6 @@ def test_plots_return_figures():
             plot_layer_error(layers)]
     assert all(isinstance(f, Figure) for f in figs)
     labels = [t.get_text() for t in figs[1].axes[0].texts]
-    assert "baseline (reference)" in labels and "q" in labels
+    assert "1 reference (∞ dB)" in labels and "2" in labels
+    key = [t.get_text() for t in figs[1].axes[0].get_legend().get_texts()][:2]
+    assert key == ["baseline: 3.8 MiB, the reference", "q: 1.9 MiB, 35.0 dB"]

@@ -14,10 +14,7 @@ import pytest
 
 from quantkit.units import GiB, KiB, MiB, human_bytes
 
-try:  # quantkit.compare is becoming the package quantkit.comparison
-    from quantkit.comparison import CompareResults
-except ImportError:
-    from quantkit.compare import CompareResults
+from quantkit.comparison import CompareResults
 
 ENV = {"python": "3.11.7", "versions": {"quantkit": "0.1.0", "torch": "2.13.0+cpu"}, "cpu": "AMD EPYC",
        "cpu_count": 2, "torch_threads": 2, "device": "cpu", "device_name": "AMD EPYC"}  # fmt: skip

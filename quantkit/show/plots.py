@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..comparison.pareto import pareto_front  # noqa: F401  (re-exported: the plots draw this front)
+
 from ..units import MiB, human_bytes
 
 _PALETTE = [
@@ -72,22 +74,6 @@ def plot_memory(components, *, title: str = "Weights in memory per component (tr
     ax.legend(fontsize=8, loc="upper right")
     ax.margins(y=0.12)
     return fig
-
-
-def pareto_front(bytes_: list[float], quality: list[float], higher_is_better: bool = True) -> list[int]:
-    """Indices of the points no other point beats on both fewer bytes and better quality."""
-    points = [
-        (b, q if higher_is_better else -q, i)
-        for i, (b, q) in enumerate(zip(bytes_, quality, strict=True))
-        if b is not None and q is not None and not (isinstance(q, float) and math.isnan(q))
-    ]
-    points.sort(key=lambda p: (p[0], -p[1]))
-    front, best = [], -math.inf
-    for _, q, i in points:
-        if q > best:
-            front.append(i)
-            best = q
-    return front
 
 
 _QUALITY_LABELS = {

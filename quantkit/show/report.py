@@ -22,6 +22,7 @@ import math
 import re
 from pathlib import Path
 
+from ..measure.sensitivity import measured_layers
 from ..units import UNITS_NOTE, human_bytes, text_table
 
 # (column of CompareResults.frame, header, formatter)
@@ -192,18 +193,14 @@ def _sections(results, plots: dict[str, Path]) -> list[tuple[str, str, str | Non
                     f"(spread {human_bytes(starts.max() - starts.min())})."
                 )
             if key == "quality":
-                from .plots import pareto_front
+                from ..comparison.pareto import front_variants
 
-                ok = frame[frame["status"] == "ok"]
-                q = [1e9 if math.isinf(v) else v for v in ok["psnr"].fillna(float("nan"))]
-                front = [ok.index[i] for i in pareto_front(list(ok["bytes"]), q)]
-                if results.reference in ok.index and results.reference not in front:
-                    front.append(results.reference)
+                front = front_variants(frame, "psnr", results.reference)
                 text += f" On the front: {', '.join(md_text(n) for n in front)}."
             sections.append((title, text, plots[key].name, None))
     for (variant, component), info in results.sensitivity.items():
         layers = info["frame"]
-        measured = layers[layers["status"] == "quantized"].dropna(subset=["sqnr_db"])
+        measured = measured_layers(layers)
         top = measured.head(10)
         rows = [
             [str(r.layer), f"{r.in_features}→{r.out_features}", f"{r.sqnr_db:.1f}", f"{r.rel_error:.4f}"]
