@@ -127,7 +127,7 @@ def meta_headers(
 
     Returns:
         {tensor name: (safetensors dtype code such as "BF16", shape)} — the format of
-        `quantkit.checkpoint.read_headers`. Cached per (folder, component, dtype) for the process.
+        `quantkit.checkpoint.read_headers`. The build is cached per (folder, component) for the process.
 
     Raises:
         ValueError: a component that is not a model component of this pipeline.
@@ -142,26 +142,48 @@ def meta_headers(
     dtype = dtype or published_dtype(folder, component)
     if dtype not in DTYPE_CODES:
         raise ValueError(f"dtype={dtype!r} is not supported: use one of {one_of(DTYPE_CODES)}.")
-    return dict(_meta_headers(str(folder.resolve()), component, dtype))
+    code = DTYPE_CODES[dtype]
+    tensors, _, _ = _meta_build(str(folder.resolve()), component)
+    return {name: (code if int_code is None else int_code, shape) for name, int_code, shape in tensors}
+
+
+def meta_linears(folder: str | Path, component: str) -> tuple[list[tuple[str, int, int]], list[str]]:
+    """([(Linear module name, out_features, in_features)], the model's `_keep_in_fp32_modules`), from the config.
+
+    What a plan needs to decide which layers a backend quantizes; from the same cached meta-device build as
+    `meta_headers`.
+    """
+    folder = Path(folder)
+    if component not in model_components(folder):
+        meta_headers(folder, component)  # raises the ValueError naming the components
+    _, linears, keep = _meta_build(str(folder.resolve()), component)
+    return [tuple(x) for x in linears], list(keep)
 
 
 @lru_cache(maxsize=64)
-def _meta_headers(folder: str, component: str, dtype: str) -> tuple[tuple[str, tuple[str, tuple[int, ...]]], ...]:
+def _meta_build(folder: str, component: str):
+    """One meta-device build of a component, summarized: (tensors as (name, int dtype code or None for floats,
+    shape), Linear layers as (name, out, in), _keep_in_fp32_modules). Cached for the process."""
+    import torch
+
     library, class_name = model_components(Path(folder))[component]
     model = meta_model(library, class_name, Path(folder) / component)
-    code = DTYPE_CODES[dtype]
     state = model.state_dict(keep_vars=True)
     tied = _tied_names(model, state)
     seen: set[int] = set()
-    out = []
+    tensors = []
     for name, tensor in state.items():
         if id(tensor) in seen or name in tied:  # a tied weight (T5's encoder.embed_tokens is `shared`): saved once
             continue
         seen.add(id(tensor))
-        tensor_code = code if tensor.is_floating_point() else _int_code(tensor.dtype)
-        out.append((name, (tensor_code, tuple(int(s) for s in tensor.shape))))
-    del model
-    return tuple(out)
+        int_code = None if tensor.is_floating_point() else _int_code(tensor.dtype)
+        tensors.append((name, int_code, tuple(int(s) for s in tensor.shape)))
+    linears = tuple(
+        (n, m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    )
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    del model, state
+    return tuple(tensors), linears, keep
 
 
 def _tied_names(model, state: dict) -> set[str]:
@@ -361,6 +383,7 @@ __all__ = [
     "header_bytes",
     "hub_id_of",
     "meta_headers",
+    "meta_linears",
     "model_components",
     "published",
     "published_dtype",
