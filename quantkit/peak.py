@@ -24,7 +24,8 @@ The formulas (bytes; b = bytes per activation element: 2 for bf16/fp16, 4 for fp
                          (N = image + 77 + 256 tokens), PixArt 12.1 (N = image tokens), Wan 15.9 (N = video
                          tokens), other classes 17 (a rough default).
     activations(decode)  AutoencoderKL: 3.0 * images * F * b, F the decoder's largest feature map (channels x
-                         pixels, e.g. 256 x 1024 x 1024 for FLUX's VAE at 1024^2). AutoencoderKLWan: 13.3 *
+                         pixels, e.g. 256 x 1024 x 1024 for FLUX's VAE at 1024^2); 4.0 on a CPU in 16 bits
+                         (oneDNN's convolution buffers, measured on the tiny CPU pipeline). AutoencoderKLWan: 13.3 *
                          base_dim * 4 * H * W * b (it decodes 4 frames at a time with a feature cache).
     cached(p)            the caching allocator keeps freed blocks: the largest earlier phase's activations stay
                          reserved on CUDA (a later phase's larger blocks rarely fit in them). CPU: 0 (quantkit
@@ -73,6 +74,7 @@ SD3_DUAL_K = 13.2  # SD3.5-medium's MMDiT-X blocks (dual attention)
 T5_K = 9.8  # T5 / UMT5 encoder at 512 tokens (8.2 at 256): x L x d_ff
 CLIP_K = 3.0  # CLIP text tower: x 77 x intermediate_size
 VAE_K = 3.0  # AutoencoderKL decode: x the largest decoder feature map
+VAE_K_CPU_HALF = 4.0  # the same on a CPU in bf16/fp16: oneDNN's convolution buffers (measured 3.6-4.2 here)
 WAN_VAE_K = 13.3  # AutoencoderKLWan decode: x base_dim x 4 frames x H x W
 CUDA_DECODE_K = 5.6  # CUDA-only decode term, fitted to the blog's FLUX.1-dev BF16 peak (36.2 GiB)
 
@@ -360,13 +362,13 @@ def text_activations(c: ComponentSizes, text_length: int, b: int) -> int:
     return int(CLIP_K * length * inner * b)
 
 
-def vae_decode(c: ComponentSizes, height: int, width: int, images: int, b: int) -> tuple[int, int]:
+def vae_decode(c: ComponentSizes, height: int, width: int, images: int, b: int, cuda: bool) -> tuple[int, int]:
     """(activations, feature-map bytes) of one decode; the second sizes the CUDA term."""
     if c.class_name == "AutoencoderKLWan":
         base = c.config.get("base_dim", 96)
         return int(WAN_VAE_K * base * 4 * height * width * b * images), 0
     fmap = decoder_feature_map(c.config, height, width) * b * images
-    return int(VAE_K * fmap), fmap
+    return int((VAE_K if cuda or b == 4 else VAE_K_CPU_HALF) * fmap), fmap
 
 
 def _resident(c: ComponentSizes, offload: str | None) -> int:
@@ -451,7 +453,7 @@ def predict_peak(
     act_denoise = int(k * batch * tokens * hidden * b)
     transient = _transient(denoiser, tokens, batch, b)
     vae = max(by_role["vae"], key=lambda c: c.bytes) if by_role["vae"] else None
-    act_decode, fmap = vae_decode(vae, height, width, num_images, b) if vae else (0, 0)
+    act_decode, fmap = vae_decode(vae, height, width, num_images, b, cuda) if vae else (0, 0)
     cuda_decode = int(CUDA_DECODE_K * fmap) if cuda else 0
 
     # which weights are on the device in each phase
