@@ -1,5 +1,5 @@
 """Benchmark: a published pipeline at full size (random weights), each quantization in a fresh process, GPU peaks
-measured beside `quantkit.peak`'s prediction and the Hugging Face blog's figures.
+measured beside `quantkit.planning.peak`'s prediction and the Hugging Face blog's figures.
 
 What it does:
 1. builds the catalog entry (`quantkit.catalog`) at --scale with random weights generated on --device and saves
@@ -8,7 +8,7 @@ What it does:
    process that imports everything, creates the CUDA context, loads through `quantkit.load_pipeline`, makes one
    image (--height x --width, --steps steps) and reports peak allocated and reserved CUDA memory for the load
    and for load + generation, and seconds per image;
-3. prints measured beside predicted (`quantkit.peak.predict_peak` fed by `quantkit.fit.MetaSizer`) and the blog's
+3. prints measured beside predicted (`quantkit.planning.peak.predict_peak` fed by `quantkit.planning.sizing.MetaSizer`) and the blog's
    figures (FLUX.1-dev, H100, 1024^2, 50 steps; GiB of max_memory_reserved; the step count does not change the
    peak).
 
@@ -267,8 +267,9 @@ def run_variant(args, folder: Path, name: str) -> dict:
 
 def predictions(args, folder: Path) -> dict[str, tuple[int, int]]:
     """{variant: (predicted bytes after load, predicted peak bytes)} from configs and headers alone."""
-    from quantkit.fit import Candidate, MetaSizer
-    from quantkit.peak import predict_peak
+    from quantkit.planning.fit import Candidate
+    from quantkit.planning.peak import predict_peak
+    from quantkit.planning.sizing import MetaSizer
 
     sizer = MetaSizer(folder, device=args.device, dtype=args.dtype)
     out = {}

@@ -26,6 +26,8 @@ _LAZY = {
     "compare": "quantkit.comparison",
     "CompareResults": "quantkit.comparison",
     "CompareSettings": "quantkit.comparison",
+    "fit": "quantkit.planning.fit",
+    "GPUS": "quantkit.planning.gpus",
 }
 
 __all__ = ["BACKENDS", "EMBEDDED_PIPELINE", "LoadPlan", "PipelineQuantizationConfig", "QuantSpec", "plan", *_LAZY]

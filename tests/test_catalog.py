@@ -205,3 +205,25 @@ def test_remote_configs_copies_only_configs(tmp_path):
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.json")) == sorted(files)
     assert all(name.endswith(".json") for _, name in hub.calls)
     assert header_bytes(meta_headers(folder, "vae", dtype="bfloat16")) == header_bytes(meta_headers(source, "vae"))
+
+
+def test_plan_of_a_catalog_id_works_offline_through_qk_plan():
+    import quantkit as qk
+
+    config = qk.PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
+                                           components_to_quantize=["transformer"])
+    p = qk.plan("black-forest-labs/FLUX.1-dev", config, device="cuda", torch_dtype="bfloat16", height=1024)
+    before = p.components["transformer"].bytes_before
+    assert before == pytest.approx(23.8e9, rel=0.01)  # the published BF16 weight file, from configs alone
+    assert p.components["transformer"].bytes_after < 0.55 * before
+    assert p.components["text_encoder_2"].bytes_before == pytest.approx(9.52e9, rel=0.01)
+    assert p.peak is not None and p.peak.peak > p.bytes_after  # weights plus activations, decode, allocator cache
+    assert "PeakEstimate on cuda" in repr(p)
+
+
+def test_a_catalog_folder_can_be_planned_but_not_loaded():
+    import quantkit as qk
+    from quantkit.catalog import catalog_folder
+
+    with pytest.raises(OSError, match="can be planned but not loaded"):
+        qk.load_pipeline(catalog_folder("black-forest-labs/FLUX.1-schnell"), None, device="cpu", progress=False)

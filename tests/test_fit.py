@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quantkit.fit import GPUS, Candidate, default_candidates, fit, parse_memory, resolve_gpu
+from quantkit.planning.fit import GPUS, Candidate, default_candidates, fit, parse_memory, resolve_gpu
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 
@@ -81,7 +81,7 @@ def test_default_candidates_cover_each_backend_at_8_and_4_bits():
 
 
 def test_custom_sizer_and_candidates():
-    from quantkit.peak import ComponentSizes
+    from quantkit.planning.peak import ComponentSizes
 
     def sizer(candidate):
         scale = 0.5 if candidate.backend else 1.0

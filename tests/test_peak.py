@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from quantkit.fit import Candidate, MetaSizer
-from quantkit.peak import ComponentSizes, decoder_feature_map, predict_peak, sizes_from_plan
+from quantkit.planning.fit import Candidate
+from quantkit.planning.peak import ComponentSizes, decoder_feature_map, predict_peak
+from quantkit.planning.sizing import MetaSizer, sizes_from_plan
 
 GIB = 2**30
 FLUX = "black-forest-labs/FLUX.1-dev"

@@ -25,12 +25,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, ClassVar
 
 from ..dtypes import COMPUTE_DTYPES as DTYPES
 from ..dtypes import dtype_name, to_torch_dtype  # noqa: F401  (the adapters import them from here)
 from ..errors import did_you_mean, one_of, require_package
 from ..problems import Problem, missing_package
+
+
+class Transient(Enum):
+    """What a quantized matmul holds beside its inputs while it runs (the peak model sizes it)."""
+
+    DEQUANTIZED_WEIGHT = "one weight dequantized to the compute dtype"
+    INT32_ACCUMULATORS = "int32 accumulators, tokens x out_features"  # LLM.int8's int8 matmul
 
 
 @dataclass
@@ -77,6 +85,8 @@ class Backend:
     diffusers_needs_cuda: ClassVar[bool] = False
     # the model's `_keep_in_fp32_modules` stay in full precision (as diffusers and transformers do for bnb)
     keeps_fp32_modules: ClassVar[bool] = False
+    # what a quantized matmul holds beside its inputs (for the peak model)
+    matmul_transient: ClassVar[Transient] = Transient.DEQUANTIZED_WEIGHT
 
     # -- options -----------------------------------------------------------------------------
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import register
-from .base import Backend, Option, dtype_name, to_torch_dtype
+from .base import Backend, Option, Transient, dtype_name, to_torch_dtype
 
 _SKIP = Option(None, kind="list", aliases=("modules_to_not_convert",), doc="module names kept in full precision")
 BLOCKSIZE = 64  # bitsandbytes' default 4-bit block: one absmax per 64 weights
@@ -197,6 +197,7 @@ class BitsAndBytes8Bit(_BnB):
     name = "bitsandbytes_8bit"
     bits = "8-bit LLM.int8 (row-wise absmax)"
     flags = {"load_in_8bit": True, "load_in_4bit": False}
+    matmul_transient = Transient.INT32_ACCUMULATORS
     options = {
         "llm_int8_threshold": Option(
             6.0,

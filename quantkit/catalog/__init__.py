@@ -203,29 +203,22 @@ def _tied_names(model, state: dict) -> set[str]:
 
 
 def meta_model(library: str, class_name: str, folder: Path):
-    """The component's model built on the meta device from its config.json (no weights in memory)."""
-    import importlib
+    """The component's model built on the meta device from its config.json (`quantkit.planning.sources.meta_model`),
+    quietly: published configs carry keys that the current classes only note as deprecated."""
     import warnings
 
-    from accelerate import init_empty_weights
+    from ..planning.sources import meta_model as build
 
-    cls = getattr(importlib.import_module(library), class_name)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation notes about old config keys
-        if library == "diffusers":
-            config = cls.load_config(folder)
-            with init_empty_weights():
-                return cls.from_config(config)
-        config = cls.config_class.from_pretrained(folder)
-        with init_empty_weights():
-            return cls(config)
+        warnings.simplefilter("ignore")
+        return build(library, class_name, Path(folder))
 
 
 def _int_code(torch_dtype) -> str:
-    from ..checkpoint import TORCH_DTYPES
+    from ..dtypes import SAFETENSORS
 
     name = str(torch_dtype).removeprefix("torch.")
-    for code, torch_name in TORCH_DTYPES.items():
+    for code, (torch_name, _) in SAFETENSORS.items():
         if torch_name == name:
             return code
     raise ValueError(f"No safetensors dtype code for {torch_dtype}.")
@@ -233,9 +226,10 @@ def _int_code(torch_dtype) -> str:
 
 def header_bytes(headers: dict[str, tuple[str, tuple[int, ...]]]) -> int:
     """Bytes the tensors of a header dict take (what the weight files hold, less their JSON headers)."""
-    from ..checkpoint import DTYPE_BYTES, numel
+    from ..checkpoint import numel
+    from ..dtypes import code_bytes
 
-    return sum(numel(shape) * DTYPE_BYTES[code] for code, shape in headers.values())
+    return sum(numel(shape) * code_bytes(code) for code, shape in headers.values())
 
 
 # -- hub ids outside the catalog ------------------------------------------------------------------
@@ -362,6 +356,7 @@ def remote_configs(repo_id: str, destination: str | Path, *, fetch: Fetch | None
                 continue
             (destination / name).mkdir(exist_ok=True)
             (destination / name / filename).write_bytes(data)
+        (destination / ".quantkit-remote").write_text(repo_id)  # marks a configs-only folder of this repo
     except Exception as err:
         raise OSError(_offline_message(repo_id, repr(repo_id), err)) from None
     return destination

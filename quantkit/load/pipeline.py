@@ -21,7 +21,7 @@ from ..config import PipelineQuantizationConfig
 from ..devices import check_device
 from ..dtypes import dtype_kwargs, to_torch_dtype
 from ..planning import ComponentPlan, Loader, LoadPlan, plan
-from ..planning.sources import model_class
+from ..planning.sources import model_class, resolve_source, weightless
 from .allocator import allocator_tuning
 from .restore import restore_component
 from .stream import stream_load
@@ -47,8 +47,8 @@ def load_pipeline(
         progress: show progress bars.
         malloc_tuning: on CPU, let glibc hand layer-sized blocks back to the OS while quantized components
             stream in (a lower peak, a slower load; see `quantkit.load.allocator`). None = the environment
-            variable QUANTKIT_MALLOC_TUNING ("1"/"0"), else the default there. The setting applies during this
-            load only and is undone afterwards.
+            variable QUANTKIT_MALLOC_TUNING ("1"/"0"), else the default there. Once applied it holds for the
+            process (generation frees its activations the same way); False leaves glibc alone.
 
     Returns:
         The pipeline, with `pipe.quantkit_plan` (the LoadPlan it carried out).
@@ -59,7 +59,15 @@ def load_pipeline(
         RuntimeError: a config that needs CUDA on a CPU target (naming CPU alternatives), or a device this
             machine does not have.
     """
-    p = plan(source, config, device=device, torch_dtype=torch_dtype)
+    folder = resolve_source(source, weights=True)  # a hub id is downloaded here, not taken from the catalog
+    hub_id = weightless(folder)
+    if hub_id is not None:
+        raise OSError(
+            f"{folder} holds the configs of {hub_id} but no weights, so it can be planned but not loaded. Load the "
+            f"hub id itself (downloaded then), or a folder made by `huggingface-cli download {hub_id}`."
+        )
+    p = plan(folder, config, device=device, torch_dtype=torch_dtype)
+    p.source = str(source) if source is not None else "the embedded pipeline"
     p.check()
     check_device(p.device)
     tuning = allocator_tuning(malloc_tuning, p.device)

@@ -84,6 +84,7 @@ class LoadPlan:
     torch_dtype: str | None
     config: PipelineQuantizationConfig | None
     components: dict[str, ComponentPlan]
+    peak: Any = None  # a PeakEstimate when plan() was given height/width (see predict_peak)
 
     @property
     def quantized(self) -> list[str]:
@@ -100,6 +101,25 @@ class LoadPlan:
     @property
     def bytes_after(self) -> int:
         return sum(c.bytes_after for c in self.components.values())
+
+    def predict_peak(self, height: int = 1024, width: int | None = None, num_images: int = 1,
+                     offload: str | None = None, *, headers: dict | None = None):
+        """The predicted peak memory of loading this plan and drawing `num_images` at height × width
+        (`quantkit.planning.peak.predict_peak`, itemized: weights resident, activations, VAE decode, context).
+
+        Args:
+            headers: {component: tensor headers}, when the folder holds no weights (plan() passes them).
+        """
+        from .peak import predict_peak
+        from .sizing import sizes_from_plan
+
+        if headers is None:
+            from .sources import component_headers
+
+            headers = {n: component_headers(self.folder, n) for n, c in self.components.items() if c.is_model}
+        return predict_peak(sizes_from_plan(self, headers=headers), device=self.device, height=height,
+                            width=width or height, num_images=num_images, offload=offload,
+                            pipeline_class=self.pipeline_class, dtype=self.torch_dtype or "bfloat16")
 
     def problems(self) -> dict[str, str]:
         """{component: why it cannot be loaded as planned}."""
@@ -158,7 +178,10 @@ class LoadPlan:
             f" ({self.torch_dtype or 'checkpoint dtype'}): {human_bytes(self.bytes_before)} -> "
             f"{human_bytes(self.bytes_after)}"
         )
-        return head + "\n" + text_table(self._HEADERS, self._rows())
+        out = head + "\n" + text_table(self._HEADERS, self._rows())
+        if self.peak is not None:
+            out += "\n" + repr(self.peak)
+        return out
 
     def _repr_html_(self) -> str:
         from html import escape

@@ -20,7 +20,8 @@ from ..dtypes import COMPUTE_BYTES, COMPUTE_DTYPES, FLOAT_CODES, SAFETENSORS, dt
 from ..errors import did_you_mean, one_of
 from .layers import decide_layers
 from .model import ComponentPlan, Loader, LoadPlan
-from .sources import MODEL_LIBRARIES, meta_model, read_json, read_model_index, resolve_source
+from .sources import MODEL_LIBRARIES, component_headers, meta_model, read_json, read_model_index, resolve_source
+from .sources import weightless
 
 
 def plan(
@@ -29,6 +30,10 @@ def plan(
     *,
     device: str | None = None,
     torch_dtype: Any = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_images: int = 1,
+    offload: str | None = None,
 ) -> LoadPlan:
     """Plan loading `source` with `config` on `device`, reading no weights.
 
@@ -38,6 +43,13 @@ def plan(
         device: "cpu", "cuda", "cuda:1" ...; default: CUDA when available.
         torch_dtype: dtype of the unquantized tensors (torch.bfloat16 or "bfloat16"); None = the dtype most of
             the checkpoint is stored in.
+        height, width: with either given, the plan also predicts the peak memory of one generation at that
+            size (`LoadPlan.peak`, itemized; `quantkit.planning.peak`); the other defaults to the same value.
+        num_images: images per generation, for the peak.
+        offload: None, "model", "sequential" or "group": the offload mode the peak assumes.
+
+    Works offline for the published pipelines in `quantkit.catalog` (a hub id such as
+    "black-forest-labs/FLUX.1-dev": sizes come from their configs on the meta device).
 
     Returns:
         A LoadPlan. It does not raise for components that cannot run on `device`: it records why
@@ -53,10 +65,14 @@ def plan(
         )
     device = parse_device(device) if device is not None else default_device()
     dtype_given = dtype_name(torch_dtype) if torch_dtype is not None else None
-    folder = resolve_source(source)
+    peak_args = _peak_args(height, width, num_images, offload)
+    folder = resolve_source(source, weights=False)
     pipeline_class, index = read_model_index(folder)
-    models = [n for n, (lib, _) in index.items() if lib in MODEL_LIBRARIES and _has_weights(folder / n)]
-    dtype = dtype_given or checkpoint_dtype(folder, models)
+    configs_only = weightless(folder) is not None
+    models = [n for n, (lib, _) in index.items() if lib in MODEL_LIBRARIES
+              and ((folder / n / "config.json").is_file() if configs_only else _has_weights(folder / n))]
+    headers_of = {n: component_headers(folder, n) for n in models}
+    dtype = dtype_given or checkpoint_dtype(folder, models, headers_of)
 
     if config is not None:
         for name in config.named_components():
@@ -81,7 +97,7 @@ def plan(
             is_model=name in models,
         )
         if c.is_model:
-            headers = read_headers(c.folder)
+            headers = headers_of[name]
             c.params = sum(numel(shape) for _, shape in headers.values())
             c.bytes_before = sum(_tensor_bytes(code, shape, dtype) for code, shape in headers.values())
             c.bytes_after = c.bytes_before
@@ -98,7 +114,7 @@ def plan(
             elif c.spec is not None:
                 _plan_quantized(c, headers, dtype, device)
         components[name] = c
-    return LoadPlan(
+    result = LoadPlan(
         source=str(source) if source is not None else "the embedded pipeline",
         folder=folder,
         pipeline_class=pipeline_class,
@@ -107,16 +123,34 @@ def plan(
         config=config,
         components=components,
     )
+    if peak_args is not None:
+        result.peak = result.predict_peak(**peak_args, headers=headers_of)
+    return result
 
 
-def checkpoint_dtype(folder: Path, models: list[str]) -> str | None:
+def _peak_args(height, width, num_images, offload) -> dict | None:
+    """The peak prediction's arguments, validated before anything is read (None: no prediction asked for)."""
+    from .peak import OFFLOAD_MODES
+
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload={offload!r} is not an offload mode; use one of {one_of(OFFLOAD_MODES)}.")
+    for name, value in (("height", height), ("width", width), ("num_images", num_images)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}={value!r} must be a whole number >= 1.")
+    if height is None and width is None:
+        return None
+    return {"height": height or width, "width": width or height, "num_images": num_images, "offload": offload}
+
+
+def checkpoint_dtype(folder: Path, models: list[str], headers_of: dict | None = None) -> str | None:
     """The float dtype most of the pipeline's weight bytes are stored in (None when there are none).
 
     Used when no torch_dtype is given, so that every component loads in the dtype it was saved in
     (diffusers' own default would turn a bf16 pipeline into fp32 beside quantized bf16 layers)."""
     weight: dict[str, int] = {}
     for name in models:
-        for code, shape in read_headers(folder / name).values():
+        headers = headers_of[name] if headers_of is not None else read_headers(folder / name)
+        for code, shape in headers.values():
             if SAFETENSORS[code][0] in COMPUTE_DTYPES:
                 weight[code] = weight.get(code, 0) + numel(shape) * SAFETENSORS[code][1]
     return SAFETENSORS[max(weight, key=weight.get)][0] if weight else None

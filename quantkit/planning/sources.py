@@ -17,8 +17,15 @@ EMBEDDED_PIPELINE = Path(__file__).resolve().parent.parent / "embedded" / "tiny-
 MODEL_LIBRARIES = ("diffusers", "transformers")
 
 
-def resolve_source(source: str | Path | None) -> Path:
+def resolve_source(source: str | Path | None, *, weights: bool = True) -> Path:
     """A local pipeline folder for `source`: None = the embedded pipeline; a hub id is downloaded.
+
+    Args:
+        source: None, a pipeline folder, or a hub id ("org/name").
+        weights: whether the weights are needed. For planning (`weights=False`) a hub id in quantkit's catalog of
+            published pipelines resolves to the catalog's folder of config files (nothing is downloaded), and
+            another hub id to its config files alone (`quantkit.catalog.remote_configs`; tensor sizes are then
+            read from the safetensors headers by range requests).
 
     Raises:
         ValueError: a folder that is not a pipeline (no model_index.json).
@@ -49,6 +56,13 @@ def resolve_source(source: str | Path | None) -> Path:
         raise ValueError(f"{path} is a file, not a pipeline folder. Pass the folder that holds model_index.json.")
     text = str(source)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        if not weights:
+            from ..catalog import catalog_folder, remote_configs
+
+            folder = catalog_folder(text)
+            if folder is not None:
+                return folder
+            return remote_configs(text, _configs_cache() / text.replace("/", "--"))
         return _download(text)
     raise FileNotFoundError(
         f"Pipeline source {text!r} is neither a folder nor a hub id ('org/name'). "
@@ -80,6 +94,39 @@ def _download(repo_id: str) -> Path:
             "access, pass a local pipeline folder (or None for the embedded pipeline); gated models need "
             "`huggingface-cli login` first."
         ) from None
+
+
+def _configs_cache() -> Path:
+    import os
+
+    return Path(os.environ.get("QUANTKIT_CACHE", Path.home() / ".cache" / "quantkit")) / "configs"
+
+
+def weightless(folder: Path) -> str | None:
+    """The hub id of a folder that holds a published pipeline's configs but no weights (the catalog's, or
+    configs fetched for planning); None for an ordinary pipeline folder."""
+    from ..catalog import hub_id_of
+
+    hub_id = hub_id_of(folder)
+    if hub_id is not None:
+        return hub_id
+    marker = Path(folder) / ".quantkit-remote"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+def component_headers(folder: Path, name: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{tensor: (safetensors dtype code, shape)} of a component: from its safetensors headers, or — in a folder
+    without weights — computed from its config on the meta device (catalog) or read by range requests (hub)."""
+    from ..checkpoint import read_headers
+
+    hub_id = weightless(folder)
+    if hub_id is None:
+        return read_headers(Path(folder) / name)
+    from ..catalog import hub_id_of, meta_headers, remote_headers
+
+    if hub_id_of(folder) is not None:
+        return meta_headers(folder, name)
+    return remote_headers(hub_id, name)
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -174,5 +221,5 @@ def meta_model(library: str, class_name: str, folder: Path):
         ) from None
 
 
-__all__ = ["EMBEDDED_PIPELINE", "MODEL_LIBRARIES", "meta_model", "model_class", "read_json", "read_model_index",
-           "resolve_source"]
+__all__ = ["EMBEDDED_PIPELINE", "MODEL_LIBRARIES", "component_headers", "meta_model", "model_class", "read_json",
+           "read_model_index", "resolve_source", "weightless"]

@@ -49,14 +49,12 @@ Units: a CUDA peak is comparable with `max_memory_reserved` (it excludes the CUD
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .errors import one_of
-from .units import human_bytes, text_table
+from ..errors import one_of
+from ..units import human_bytes, text_table
 
 GIB = 2**30
 OFFLOAD_MODES = (None, "model", "group", "sequential")
@@ -200,115 +198,6 @@ class PeakEstimate:
         )
 
 
-# -- inputs -----------------------------------------------------------------------------------------
-
-
-def role_of(name: str, class_name: str) -> str:
-    """The part a component plays: "denoiser" (transformer/unet), "text_encoder", "vae" or "other"."""
-    lowered = class_name.lower()
-    if name in ("transformer", "unet", "prior", "decoder") or (
-        ("transformer" in lowered or "unet" in lowered) and ("2d" in lowered or "3d" in lowered)
-    ):
-        return "denoiser"
-    if name == "vae" or "autoencoder" in lowered or lowered.startswith("vq"):
-        return "vae"
-    if name.startswith("text_encoder") or "textmodel" in lowered or "encodermodel" in lowered:
-        return "text_encoder"
-    return "other"
-
-
-def _block_key(name: str) -> str | None:
-    m = _BLOCK.match(name)
-    return f"{m.group(1)}.{m.group(2)}" if m else None
-
-
-def sizes_from_headers(
-    name: str,
-    class_name: str,
-    headers: dict[str, tuple[str, tuple[int, ...]]],
-    *,
-    loaded_bytes: int | None = None,
-    fp32_bytes: int = 0,
-    backend: str | None = None,
-    config: dict | None = None,
-    dtype_bytes: int | None = None,
-) -> ComponentSizes:
-    """ComponentSizes from a component's tensor headers ({name: (dtype code, shape)}).
-
-    Args:
-        loaded_bytes: the component's true bytes as loaded (a plan's bytes_after); None = the headers' bytes.
-            Block and leaf sizes are scaled by loaded / header bytes (quantization shrinks them alike).
-        dtype_bytes: bytes per float element as loaded (None: as stored).
-    """
-    from .checkpoint import DTYPE_BYTES, FLOAT_CODES, numel
-
-    def size(code, shape):
-        per = dtype_bytes if dtype_bytes and code in FLOAT_CODES else DTYPE_BYTES[code]
-        return numel(shape) * per
-
-    total = sum(size(c, s) for c, s in headers.values()) or 1
-    scale = (loaded_bytes if loaded_bytes is not None else total) / total
-    blocks: dict[str, int] = {}
-    leaves: dict[str, int] = {}
-    largest, widest = 0, 0
-    for tensor, (code, shape) in headers.items():
-        nbytes = size(code, shape)
-        key = _block_key(tensor)
-        if key is not None:
-            blocks[key] = blocks.get(key, 0) + nbytes
-        leaf = tensor.rsplit(".", 1)[0]
-        leaves[leaf] = leaves.get(leaf, 0) + nbytes
-        if len(shape) == 2 and numel(shape) > largest:
-            largest, widest = numel(shape), shape[0]
-    inside = sum(blocks.values())
-    return ComponentSizes(
-        name=name,
-        class_name=class_name,
-        role=role_of(name, class_name),
-        bytes=int(total * scale) if loaded_bytes is None else int(loaded_bytes),
-        fp32_bytes=fp32_bytes,
-        backend=backend,
-        config=dict(config or {}),
-        block_bytes=int(max(blocks.values(), default=0) * scale),
-        outside_blocks_bytes=int((total - inside) * scale),
-        leaf_bytes=int(max(leaves.values(), default=0) * scale),
-        largest_weight_elements=largest,
-        largest_out_features=widest,
-    )
-
-
-def sizes_from_plan(plan, headers: dict[str, dict] | None = None) -> list[ComponentSizes]:
-    """ComponentSizes of every model component of a quantkit LoadPlan (its bytes_after are the true sizes).
-
-    Args:
-        plan: a `quantkit.LoadPlan`.
-        headers: {component: headers} where the plan's folder has no weight files (a catalog folder: pass
-            `quantkit.catalog.meta_headers(folder, name)` for each); read from the folder otherwise.
-    """
-    from .checkpoint import read_headers
-
-    out = []
-    dtype_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}.get(plan.torch_dtype or "")
-    for name, c in plan.components.items():
-        if not c.is_model:
-            continue
-        h = (headers or {}).get(name) or read_headers(c.folder)
-        config_path = Path(c.folder) / "config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        out.append(
-            sizes_from_headers(
-                name,
-                c.class_name,
-                h,
-                loaded_bytes=c.bytes_after,
-                backend=c.spec.backend if c.spec is not None else None,
-                config=config,
-                dtype_bytes=dtype_bytes,
-            )
-        )
-    return out
-
-
 # -- the model ----------------------------------------------------------------------------------------
 
 
@@ -384,7 +273,10 @@ def _resident(c: ComponentSizes, offload: str | None) -> int:
 def _transient(c: ComponentSizes, tokens: int, batch: int, b: int) -> int:
     if c.backend is None:
         return 0
-    if c.backend == "bitsandbytes_8bit":
+    from ..backends import get_backend
+    from ..backends.base import Transient
+
+    if get_backend(c.backend).matmul_transient is Transient.INT32_ACCUMULATORS:
         return batch * tokens * (c.largest_out_features or 0) * 4  # int32 accumulators of the widest Linear
     return (c.largest_weight_elements or 0) * b  # one weight dequantized for its matmul
 
@@ -528,7 +420,4 @@ __all__ = [
     "PeakEstimate",
     "decoder_feature_map",
     "predict_peak",
-    "role_of",
-    "sizes_from_headers",
-    "sizes_from_plan",
 ]

@@ -1,7 +1,7 @@
 """Which quantization fits a GPU: candidate configs, their predicted peaks, sorted into a readable table.
 
 `fit(source, gpu="T4")` sizes every candidate (each backend at 8 and 4 bits; transformer, text encoders or both;
-with and without model offload) without loading a weight, predicts its peak with `quantkit.peak`, and returns a
+with and without model offload) without loading a weight, predicts its peak with `quantkit.planning.peak`, and returns a
 DataFrame: fitting candidates first, best quality first among them, then no offload before offload, the least
 slowdown, the lowest peak. In a notebook the frame shows as a styled table (GiB, fits in green).
 
@@ -9,7 +9,7 @@ Sizes come from a *sizer*: a function candidate -> list[ComponentSizes]. `MetaSi
 each component on the meta device (from `quantkit.catalog` for a published pipeline, or a local folder) and
 applies each backend's `weight_bytes` to the Linear layers it takes, with the same skip rules as `quantkit.plan`.
 
-    >>> from quantkit.fit import fit
+    >>> from quantkit import fit
     >>> fit("black-forest-labs/FLUX.1-dev", gpu="T4")          # doctest: +SKIP
 
 GPU memory (`GPUS`): `total_gib` is what `torch.cuda.get_device_properties(i).total_memory` typically reports
@@ -21,111 +21,14 @@ and driver, not measured here; pass `memory="14GiB"` for your own.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import did_you_mean, one_of
-from .peak import OFFLOAD_MODES, ComponentSizes, predict_peak, sizes_from_headers
-
-GIB = 2**30
-
-
-@dataclass(frozen=True)
-class GPU:
-    """A card: its memory as torch sees it, the CUDA context, and where the numbers come from."""
-
-    name: str
-    total_gib: float  # torch.cuda.get_device_properties(i).total_memory / 2**30
-    context_gib: float  # the CUDA context torch creates
-    capability: float | None  # CUDA compute capability (7.5 = Turing ...); None when the entry covers several
-    source: str
-
-    @property
-    def usable_gib(self) -> float:
-        return round(self.total_gib - self.context_gib, 2)
-
-    @property
-    def usable_bytes(self) -> int:
-        return int(self.usable_gib * GIB)
-
-
-_SMI = "nvidia-smi total (MiB) as commonly reported, less the driver's reservation"
-GPUS: dict[str, GPU] = {
-    g.name: g
-    for g in (
-        GPU("T4", 14.75, 0.3, 7.5, "16 GB card: nvidia-smi 15360 MiB; torch 14.75 GiB (Colab); FACTS.md '~14.7'"),
-        GPU("16GB", 15.6, 0.35, None, "a generic 16 GB card (RTX 4060 Ti / 4080, V100 16 GB): ~15.6 GiB in torch"),
-        GPU("L4", 22.05, 0.4, 8.9, f"24 GB card: {_SMI} (23034 MiB)"),
-        GPU("A10G", 22.05, 0.4, 8.6, f"24 GB card (AWS g5): {_SMI} (23028 MiB)"),
-        GPU("RTX 3090", 23.7, 0.4, 8.6, "24 GB consumer card: 24576 MiB, ~0.3 GiB less with a desktop on it"),
-        GPU("RTX 4090", 23.6, 0.4, 8.9, "24 GB consumer card: 24564 MiB, ~0.3 GiB less with a desktop on it"),
-        GPU("A100 40GB", 39.4, 0.5, 8.0, f"40 GB card: {_SMI} (40960 MiB)"),
-        GPU("A100 80GB", 79.15, 0.5, 8.0, f"80 GB card: {_SMI} (81920 MiB)"),
-        GPU("H100", 79.1, 0.5, 9.0, f"80 GB card (SXM/PCIe): {_SMI} (81559 MiB); the blog's figures are from one"),
-    )
-}
-
-_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b)\s*$", re.IGNORECASE)
-
-
-def parse_memory(value: str | int | float) -> int:
-    """Bytes from "15GiB", "16GB", "15.5 GiB", "14000MiB" or a number of bytes.
-
-    Raises:
-        ValueError: anything else (e.g. "16G", which could be GB or GiB), naming the accepted forms.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"memory={value!r} is not a size: use a string such as '15GiB' or '16GB', or bytes.")
-    if isinstance(value, int | float):
-        if value <= 0:
-            raise ValueError(f"memory={value!r} must be positive (bytes), or a string such as '15GiB'.")
-        return int(value)
-    m = _MEMORY.match(str(value))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(
-            f"memory={value!r} is not a size quantkit reads. Use a number and a unit: '15GiB' or '14000MiB' "
-            "(powers of 1024, as GPU memory is reported) or '16GB' / '500MB' (powers of 1000), or bytes as an int."
-        )
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def _norm(name: str) -> str:
-    text = str(name).lower().replace("nvidia", "").replace("geforce", "").replace("tesla", "")
-    return re.sub(r"[\s_\-]+", "", text)
-
-
-def resolve_gpu(name: str) -> GPU:
-    """The GPU entry for a name ("T4", "a100-80gb", "RTX 4090", "4090" ...), matched loosely.
-
-    Raises:
-        ValueError: an unknown name, listing the known GPUs and the nearest.
-    """
-    wanted = _norm(name)
-    for key, gpu in GPUS.items():
-        if _norm(key) == wanted:
-            return gpu
-    matches = [key for key in GPUS if wanted and wanted in _norm(key)]
-    if len(matches) == 1:
-        return GPUS[matches[0]]
-    hint = did_you_mean(name, GPUS) or (f" Did you mean one of {one_of(matches)}?" if matches else "")
-    raise ValueError(
-        f"Unknown gpu {name!r}.{hint} Known GPUs: {one_of(GPUS)}. For another card pass its usable memory "
-        "instead, e.g. memory='14GiB'."
-    )
-
+from ..errors import one_of
+from .gpus import GIB, GPU, GPUS, parse_memory, resolve_gpu
+from .peak import OFFLOAD_MODES, ComponentSizes, predict_peak
+from .sizing import MetaSizer
 
 # -- candidates -------------------------------------------------------------------------------------
 
@@ -143,6 +46,7 @@ BACKEND_VARIANTS: tuple[tuple[str, str, dict, int], ...] = (
 
 # seconds per image relative to BF16 on one H100 (FLUX.1-dev, 1024^2, eager), from the blog: BF16 12 s; nf4 12 s;
 # bnb 8-bit 27 s; torchao int8wo 15 s, int4wo 109 s; quanto int8 15 s, int4 109 s; GGUF Q8_0 15 s, Q4_1 23 s.
+
 SLOWDOWN = {
     ("bitsandbytes_4bit", 4): 1.0,
     ("bitsandbytes_8bit", 8): 2.3,
@@ -175,7 +79,7 @@ class Candidate:
         """The quantkit PipelineQuantizationConfig of this candidate (None for the unquantized baseline)."""
         if self.backend is None:
             return None
-        from .config import PipelineQuantizationConfig, QuantSpec
+        from ..config import PipelineQuantizationConfig, QuantSpec
 
         return PipelineQuantizationConfig(
             quant_mapping={name: QuantSpec(self.backend, **self.kwargs) for name in self.components}
@@ -212,148 +116,6 @@ def default_candidates(
                     Candidate(f"{backend} {label} ({what}){suffix}", backend, bits, group, dict(kwargs), mode, label)
                 )
     return out
-
-
-# -- sizes from the meta device -----------------------------------------------------------------------
-
-
-class MetaSizer:
-    """candidate -> list[ComponentSizes], from configs alone (no weights read).
-
-    Each model component is built once on the meta device (a catalog id uses `quantkit.catalog`'s configs and
-    published dtype; a local folder its own configs and safetensors headers). For a quantized component, every
-    Linear layer the backend takes is counted at the backend's `weight_bytes`; the rules are `quantkit.plan`'s:
-    the backend's skip list, its `layer_problem` by shape, and `_keep_in_fp32_modules` kept unquantized under
-    bitsandbytes and GGUF.
-
-    Args:
-        source: a catalog hub id or a local pipeline folder.
-        device: the target device ("cuda" or "cpu"; some layers are only quantized on one).
-        dtype: the dtype unquantized tensors load in ("bfloat16" ...); None = as published.
-        fp32_keep: backends under which `_keep_in_fp32_modules` (T5's `wo`) stay in float32 instead of `dtype` —
-            ("bitsandbytes_4bit", "bitsandbytes_8bit") reproduces transformers 4.x, which the blog measured.
-    """
-
-    def __init__(
-        self,
-        source: str | Path,
-        *,
-        device: str = "cuda",
-        dtype: str | None = "bfloat16",
-        fp32_keep: tuple[str, ...] = (),
-    ):
-        from .catalog import catalog_folder, meta_headers, model_components
-
-        folder = catalog_folder(source)
-        self.folder = folder if folder is not None else Path(source)
-        if not (self.folder / "model_index.json").is_file():
-            raise ValueError(
-                f"{source!r} is neither a catalog id nor a pipeline folder (no model_index.json). Catalog ids: "
-                f"{one_of(_catalog())}."
-            )
-        import json
-
-        index = json.loads((self.folder / "model_index.json").read_text())
-        self.pipeline_class = index.get("_class_name", "DiffusionPipeline")
-        self.device = device
-        self.dtype = dtype
-        self.fp32_keep = tuple(fp32_keep)
-        self.models = model_components(self.folder)
-        self.headers = {}
-        for name in self.models:
-            if folder is None and _has_weights(self.folder / name):
-                from .checkpoint import read_headers
-
-                self.headers[name] = read_headers(self.folder / name)
-            else:
-                self.headers[name] = meta_headers(self.folder, name)
-        self.configs = {n: json.loads((self.folder / n / "config.json").read_text()) for n in self.models}
-
-    def roles(self) -> dict[str, str]:
-        from .peak import role_of
-
-        return {n: role_of(n, cls) for n, (_, cls) in self.models.items()}
-
-    def _layers(self, name: str) -> tuple[list[tuple[str, int, int]], list[str]]:
-        """([(Linear name, out_features, in_features)], the model's _keep_in_fp32_modules), cached by the catalog."""
-        from .catalog import meta_linears
-
-        return meta_linears(self.folder, name)
-
-    def _float_bytes(self, code: str) -> int:
-        from .checkpoint import DTYPE_BYTES, FLOAT_CODES
-
-        if self.dtype and code in FLOAT_CODES:
-            return {"float32": 4, "float16": 2, "bfloat16": 2}[self.dtype]
-        return DTYPE_BYTES[code]
-
-    def component_bytes(self, name: str, spec) -> tuple[int, int]:
-        """(bytes as loaded, of which float32 bytes) of one component under `spec` (a QuantSpec or None)."""
-        from .checkpoint import FLOAT_CODES, numel
-
-        headers = self.headers[name]
-        total = sum(numel(s) * self._float_bytes(c) for c, s in headers.values())
-        fp32 = sum(numel(s) * 4 for c, s in headers.values() if c in FLOAT_CODES and self._float_bytes(c) == 4)
-        if spec is None:
-            return total, fp32
-        adapter = spec.adapter
-        layers, keep = self._layers(name)
-        skip = list(adapter.skip_modules(spec.kwargs))
-        bnb_or_gguf = spec.backend.startswith("bitsandbytes") or spec.backend == "gguf"
-        keep_fp32 = spec.backend in self.fp32_keep
-        if bnb_or_gguf or keep_fp32:
-            skip += keep
-        for layer, out_f, in_f in layers:
-            code, shape = headers.get(f"{layer}.weight", ("F32", (out_f, in_f)))
-            before = numel(shape) * self._float_bytes(code)
-            hit = _matches(layer, skip)
-            if hit:
-                if keep_fp32 and _matches(layer, keep) and self._float_bytes(code) < 4:
-                    total += numel(shape) * (4 - self._float_bytes(code))  # upcast to float32
-                    fp32 += numel(shape) * 4
-                continue
-            if adapter.layer_problem(spec.kwargs, in_f, out_f, self.device):
-                continue
-            total += adapter.weight_bytes(spec.kwargs, out_f, in_f, self._float_bytes(code)) - before
-        return total, fp32
-
-    def __call__(self, candidate: Candidate) -> list[ComponentSizes]:
-        config = candidate.config
-        names = list(self.models)
-        out = []
-        for name, (_, cls) in self.models.items():
-            spec = config.spec_for(name, names) if config is not None else None
-            loaded, fp32 = self.component_bytes(name, spec)
-            out.append(
-                sizes_from_headers(
-                    name,
-                    cls,
-                    self.headers[name],
-                    loaded_bytes=loaded,
-                    fp32_bytes=fp32,
-                    backend=spec.backend if spec is not None else None,
-                    config=self.configs[name],
-                    dtype_bytes={"float32": 4, "float16": 2, "bfloat16": 2}.get(self.dtype or ""),
-                )
-            )
-        return out
-
-
-def _matches(name: str, patterns: list[str]) -> str | None:
-    for p in patterns:
-        if f".{p}." in f".{name}.":
-            return p
-    return None
-
-
-def _has_weights(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors"))
-
-
-def _catalog() -> tuple[str, ...]:
-    from .catalog import CATALOG
-
-    return CATALOG
 
 
 # -- fit --------------------------------------------------------------------------------------------
