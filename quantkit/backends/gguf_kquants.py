@@ -1,0 +1,478 @@
+"""GGUF K-quant writers: Q2_K, Q3_K, Q4_K, Q5_K and Q6_K in numpy, byte for byte in ggml's block layout.
+
+The `gguf` package can read (dequantize) the K-quants but not write them. This module writes them, so that
+`gguf.quants.dequantize(quantize_k(w, "Q4_K"), GGMLQuantizationType.Q4_K)` gives back `w` up to the
+quantization error. It is an independent implementation from the format's definition (the block structs and
+the `gguf` package's dequantizers), not a port of ggml's C code: the packed bytes decode the same way, but the
+chosen scales can differ from ggml's in a few places (see "How the scales are chosen").
+
+K-quants group 256 weights of a row into a *super-block*, split it into *sub-blocks* of 16 or 32 weights, and
+give every sub-block its own scale (and min) -- which are themselves quantized to 4, 6 or 8 bits against one or
+two float16 numbers per super-block. Two levels of scales cost fewer bits than a float16 scale per 32 weights
+(the legacy Q4_0 ... Q8_0 formats) and follow the weights more closely.
+
+A weight is decoded as `d * sc[j] * q - dmin * m[j]` ("affine" types, with a min) or `d * sc[j] * q`
+("symmetric" types), `j` its sub-block, `q` its code:
+
+| type | sub-blocks      | code q         | sub-block scale (and min)    | super-block | bytes/256 | bits/weight |
+|------|-----------------|----------------|------------------------------|-------------|-----------|-------------|
+| Q2_K | 16 x 16 weights | 2 bit, 0..3    | 4-bit scale + 4-bit min      | d, dmin f16 |  84       | 2.625       |
+| Q3_K | 16 x 16 weights | 3 bit, -4..3   | 6-bit signed scale -32..31   | d f16       | 110       | 3.4375      |
+| Q4_K |  8 x 32 weights | 4 bit, 0..15   | 6-bit scale + 6-bit min      | d, dmin f16 | 144       | 4.5         |
+| Q5_K |  8 x 32 weights | 5 bit, 0..31   | 6-bit scale + 6-bit min      | d, dmin f16 | 176       | 5.5         |
+| Q6_K | 16 x 16 weights | 6 bit, -32..31 | 8-bit signed scale (int8)    | d f16       | 210       | 6.5625      |
+
+Byte layout of one super-block, in order (weight i = 0..255 of the super-block; "bits 2s" = bits 2s, 2s+1):
+
+- Q2_K: `scales[16]` (low nibble: scale of sub-block j, high nibble: its min) | `qs[64]`: weight
+  i = 128h + 32s + l (h 0..1, s 0..3, l 0..31) sits in bits 2s of qs[32h + l] | `d` f16 | `dmin` f16.
+  16 + 64 + 2 + 2 = 84 bytes.
+- Q3_K: `hmask[32]`: bit s of hmask[l] is the high bit of weight 32s + l | `qs[64]`: the low 2 bits, laid out
+  as in Q2_K | `scales[12]`: sixteen 6-bit values (scale + 32), the low nibbles of 0..7 in the low nibbles of
+  bytes 0..7, of 8..15 in their high nibbles, the top 2 bits of value 4k + b in bits 2k of byte 8 + b |
+  `d` f16. The code is (low 2 bits) + 4 * (high bit) - 4. 32 + 64 + 12 + 2 = 110 bytes.
+- Q4_K: `d` f16 | `dmin` f16 | `scales[12]`: eight 6-bit scales and eight 6-bit mins; bytes 0..3 hold scales
+  0..3 (+ the top 2 bits of scales 4..7 in bits 6..7), bytes 4..7 the mins 0..3 (+ the top bits of mins 4..7),
+  bytes 8..11 the low nibbles of scale 4 + k (low) and min 4 + k (high) | `qs[128]`: weight 64c + l (l 0..31)
+  in the low nibble of qs[32c + l], weight 64c + 32 + l in its high nibble. 2 + 2 + 12 + 128 = 144 bytes.
+- Q5_K: as Q4_K, with `qh[32]` between the scales and `qs[128]`: bit j of qh[l] is bit 4 of weight 32j + l.
+  2 + 2 + 12 + 32 + 128 = 176 bytes.
+- Q6_K: `ql[128]`: the low 4 bits; weight 128h + 64n + l (l 0..63) in nibble n of ql[64h + l] | `qh[64]`: the
+  high 2 bits; weight 128h + 32s + l (l 0..31) in bits 2s of qh[32h + l] | `scales[16]` int8 | `d` f16. The
+  code is the 6-bit value - 32. 128 + 64 + 16 + 2 = 210 bytes.
+
+Bits per weight = bytes per super-block * 8 / 256; e.g. Q4_K: 256 * 4 bits of codes + 8 * (6 + 6) bits of
+sub-block scales and mins + 2 * 16 bits of super-block scales = 1152 bits = 4.5 bits/weight.
+
+How the scales are chosen (this is what makes one K-quant writer better than another; the decoder is fixed):
+
+1. Sub-block fit. For every sub-block, a few candidate step sizes around (max - min) / (levels - 1) are tried
+   (symmetric types: around max|x| / 4 or / 32, both signs); for each, the codes are rounded and clipped and the
+   least-squares scale (and min) for *those codes* is solved in closed form from five sums; the candidate with
+   the smallest squared error wins. Then one or two "Lloyd" rounds re-round the codes with the fitted scale and
+   fit again. Mins are kept <= 0 (decoded as `- dmin * m` with `m >= 0`), as ggml does.
+2. Super-block fit. The sub-block scales (and mins) are quantized against a float16 `d` (and `dmin`), which is
+   itself refined by least squares, each sub-block weighted by how much its weights' error grows with its scale
+   error (sum of q^2).
+3. Final codes are rounded against the *decoded* (quantized) scales and mins, so rounding the scales costs as
+   little as possible.
+
+The error minimized is the plain (unweighted) squared error of the weights, the number the tests measure;
+ggml's reference quantizer (without an importance matrix) weights some types by x^2 instead, so the two pick
+different scales for a few sub-blocks and the bytes differ there, while the decoded error is as low or lower
+(tests/test_gguf_kquants.py compares the two on fixtures made with ggml).
+
+Speed: everything is vectorized over chunks of super-blocks laid out "sub-block index last" (a (n, M) array for
+M sub-blocks of n weights), so that every per-sub-block sum or max is a vertical SIMD operation over rows of
+the array, and the chunks stay in the CPU cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+QK_K = 256  # weights per super-block, every K-quant
+
+# type -> (bytes per super-block, weights per sub-block)
+K_TYPES = {
+    "Q2_K": (84, 16),
+    "Q3_K": (110, 16),
+    "Q4_K": (144, 32),
+    "Q5_K": (176, 32),
+    "Q6_K": (210, 16),
+}
+CHUNK = 1024  # super-blocks quantized together: 262144 weights, 1 MiB of float32 (fewer numpy calls per weight)
+
+
+def bits_per_weight(quant_type: str) -> float:
+    """Bits per weight of a K-quant type, from its super-block size (e.g. Q4_K: 144 bytes * 8 / 256 = 4.5)."""
+    return _check_type(quant_type)[0] * 8 / QK_K
+
+
+def _check_type(quant_type: str) -> tuple[int, int]:
+    if quant_type not in K_TYPES:
+        raise ValueError(
+            f"quant_type={quant_type!r} is not a K-quant this module writes. Use one of {tuple(K_TYPES)}."
+        )
+    return K_TYPES[quant_type]
+
+
+def quantize_k(weights, quant_type: str) -> np.ndarray:
+    """Quantize weights to a GGUF K-quant, packed exactly as ggml lays the blocks out.
+
+    Args:
+        weights: array (..., cols) of any float dtype (numpy, or a torch tensor: float32, float16, bfloat16);
+            `cols` must be a multiple of 256.
+        quant_type: "Q2_K", "Q3_K", "Q4_K", "Q5_K" or "Q6_K".
+
+    Returns:
+        uint8 array (..., cols // 256 * bytes_per_block), the same shape convention as `gguf.quants.quantize`,
+        ready for `GGUFWriter.add_tensor(name, packed, raw_dtype=GGMLQuantizationType[quant_type])`.
+
+    Raises:
+        ValueError: unknown type, a row length not divisible by 256, non-finite weights, or weights too large for
+            float16 super-block scales.
+    """
+    type_size, _ = _check_type(quant_type)
+    x = _as_float32(weights)
+    if x.ndim == 0 or x.shape[-1] % QK_K:
+        raise ValueError(
+            f"{quant_type} needs rows whose length is a multiple of {QK_K}; got a tensor of shape {tuple(x.shape)}. "
+            f"Pad the rows, or use a 32-weight block type for this tensor (Q4_0, Q5_0, Q5_1 or Q8_0, as "
+            f"quantkit.backends.gguf_mixes.tensor_type does)."
+        )
+    out_shape = (*x.shape[:-1], x.shape[-1] // QK_K * type_size)
+    blocks = x.reshape(-1, QK_K)  # (n_super_blocks, 256)
+    out = np.empty((blocks.shape[0], type_size), dtype=np.uint8)
+    quantize_chunk = _QUANTIZERS[quant_type]
+    for start in range(0, blocks.shape[0], CHUNK):
+        out[start : start + CHUNK] = quantize_chunk(blocks[start : start + CHUNK])
+    return out.reshape(out_shape)
+
+
+def _as_float32(weights) -> np.ndarray:
+    if type(weights).__module__.startswith("torch"):
+        weights = weights.detach().float().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(weights).astype(np.float32, copy=False))
+
+
+# -- layout helpers -------------------------------------------------------------------------------------------
+
+_TINY = np.float32(1e-30)
+
+
+def _to_columns(blocks: np.ndarray, n: int) -> np.ndarray:
+    """(C, 256) super-blocks -> (n, M = C * 256 // n): column k is sub-block k, rows are its n weights.
+
+    In this layout a per-sub-block sum or max is a vertical operation over n rows (SIMD, cache friendly);
+    along a short last axis numpy is 10-30x slower.
+    """
+    return np.ascontiguousarray(blocks.reshape(-1, n).T)
+
+
+def _f16(values: np.ndarray) -> np.ndarray:
+    """Round to the nearest float16 and back: the super-block scales are stored as float16."""
+    return values.astype(np.float16).astype(np.float32)
+
+
+def _f16_bytes(values: np.ndarray) -> np.ndarray:
+    """(C,) float -> (C, 2) uint8, little-endian float16 (ggml_fp16_t)."""
+    return values.astype("<f2").view(np.uint8).reshape(-1, 2)
+
+
+def _safe_inv(v: np.ndarray) -> np.ndarray:
+    """1 / v, and 1 where v == 0 (then whatever it multiplies is 0 or gets clipped)."""
+    return 1 / (v + (v == 0))
+
+
+def _check_finite(lo: np.ndarray, hi: np.ndarray, quant_type: str) -> None:
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise ValueError(f"{quant_type}: the weights contain NaN or inf; a GGUF block cannot store them.")
+
+
+def _keep_better(err: np.ndarray, best_err: np.ndarray, pairs) -> None:
+    """In place: where err < best_err take the new values (a float blend: np.where is ~10x slower here)."""
+    better = (err < best_err).astype(np.float32)
+    np.minimum(best_err, err, out=best_err)
+    for new, old in pairs:
+        old += better * (new - old)
+
+
+# -- sub-block fits ---------------------------------------------------------------------------------------------
+
+
+def _affine_ls(q: np.ndarray, x: np.ndarray, sx: np.ndarray, n: int):
+    """Least-squares (a, b) of x ~ a * q + b per column, and the error minus sum x^2.
+
+    q, x: (..., n, M); sx: (M,) column sums of x. Returns a, b, err, sum q, sum q^2, each (..., M). b may come
+    out > 0 (an all-positive sub-block); it is clamped to <= 0 when the mins are quantized.
+    """
+    sq = q.sum(axis=-2)
+    sqq = np.einsum("...nm,...nm->...m", q, q)
+    sqx = np.einsum("...nm,nm->...m", q, x)
+    det = n * sqq - sq * sq
+    det += det <= 0  # det is 0 only when all codes of a column are equal; then a = 0, b = mean
+    a = (n * sqx - sq * sx) / det
+    b = (sx - a * sq) / n
+    # at the least-squares optimum the error is sum x^2 - a sum qx - b sum x
+    return a, b, -(a * sqx + b * sx), sq, sqq
+
+
+def _fit_affine(x: np.ndarray, nmax: int, steps: tuple[float, ...], rounds: int):
+    """Best x ~ a * q + b per column, q = clip(rint((x - b) / a), 0, nmax).
+
+    Args:
+        x: (n, M) float32, one sub-block per column.
+        nmax: highest code (3, 15 or 31).
+        steps: offsets r of the candidate inverse steps (nmax + r) / (max - min), tried together; r <= 0 needs
+            no clipping (the largest weight lands on code rint(nmax + r) <= nmax).
+        rounds: Lloyd rounds after the search (re-round with the fitted a, b; fit again). A round cannot raise
+            the error: the nearest code is the best code for a given (a, b), and the fit is optimal for the codes.
+
+    Returns:
+        a, b, sum q, sum q^2 (of the chosen codes), the column minima and maxima, each (M,) float32.
+    """
+    n = x.shape[0]
+    lo_x = x.min(axis=0)
+    hi = x.max(axis=0)
+    lo = np.minimum(lo_x, 0)
+    sx = x.sum(axis=0)
+    y = x - lo  # (n, M), >= 0
+    inv_steps = (nmax + np.asarray(steps, dtype=np.float32))[:, None] * _safe_inv(hi - lo)  # (K, M)
+    q = np.empty((len(steps), *x.shape), dtype=np.float32)  # (K, n, M)
+    for k in range(len(steps)):
+        np.multiply(y, inv_steps[k], out=q[k])
+    np.rint(q, out=q)
+    if max(steps) > 0:
+        np.clip(q, 0, nmax, out=q)
+    a_k, b_k, err_k, sq_k, sqq_k = _affine_ls(q, x, sx, n)
+    a, b, best_err, sq, sqq = a_k[0], b_k[0], err_k[0], sq_k[0], sqq_k[0]
+    for k in range(1, len(steps)):
+        _keep_better(err_k[k], best_err, ((a_k[k], a), (b_k[k], b), (sq_k[k], sq), (sqq_k[k], sqq)))
+    q = q[0]
+    for _ in range(rounds):
+        np.subtract(x, b, out=q)
+        q *= _safe_inv(a)
+        np.rint(q, out=q)
+        np.clip(q, 0, nmax, out=q)
+        a, b, _, sq, sqq = _affine_ls(q, x, sx, n)
+    return a, b, sq, sqq, lo_x, hi
+
+
+def _fit_symmetric(x: np.ndarray, nneg: int, targets: tuple[float, ...], rounds: int):
+    """Best x ~ a * q per column, q = clip(rint(x / a), -nneg, nneg - 1); a may be negative.
+
+    Args:
+        x: (n, M) float32.
+        nneg: 4 (Q3_K) or 32 (Q6_K): codes run -nneg .. nneg - 1.
+        targets: the codes the largest-magnitude weight of a column is first rounded to (e.g. -4.5 .. 3.5 for
+            Q3_K: a negative target uses the extra negative level), tried together.
+        rounds: Lloyd rounds after the search.
+
+    Returns:
+        a (M,), the column minima and maxima (M,), float32.
+    """
+    lo = x.min(axis=0)
+    hi = x.max(axis=0)
+    v = hi + (-lo > hi) * (lo - hi)  # signed value of largest magnitude
+    inv_v = np.asarray(targets, dtype=np.float32)[:, None] * _safe_inv(v)  # (K, M)
+    q = np.empty((len(targets), *x.shape), dtype=np.float32)  # (K, n, M)
+    for k in range(len(targets)):
+        np.multiply(x, inv_v[k], out=q[k])
+    np.rint(q, out=q)
+    np.clip(q, -nneg, nneg - 1, out=q)
+
+    def fit(q):
+        sqq = np.einsum("...nm,...nm->...m", q, q)
+        sqq += sqq == 0
+        sqx = np.einsum("...nm,nm->...m", q, x)
+        a = sqx / sqq
+        return a, -a * sqx  # a, error minus sum x^2
+
+    a_k, err_k = fit(q)
+    a, best_err = a_k[0], err_k[0]
+    for k in range(1, len(targets)):
+        _keep_better(err_k[k], best_err, ((a_k[k], a),))
+    q = q[0]
+    for _ in range(rounds):
+        np.multiply(x, _safe_inv(a), out=q)
+        np.rint(q, out=q)
+        np.clip(q, -nneg, nneg - 1, out=q)
+        a, _ = fit(q)
+    return a, lo, hi
+
+
+# -- super-block fits -------------------------------------------------------------------------------------------
+
+
+def _super_scale(s: np.ndarray, w: np.ndarray | None, lo_code: int, hi_code: int, rounds: int) -> np.ndarray:
+    """The float16 d of each super-block for its sub-block values s (C, S), to be coded as rint(s / d).
+
+    Minimizes sum_j w_j (s_j - d * code_j)^2 with codes in [lo_code, hi_code] (w: (C, S) weights >= 0, or None
+    for equal weights). Unsigned (lo_code = 0, s >= 0): d starts at max(s) / hi_code. Signed: the value of
+    largest magnitude starts on code lo_code (-32 or -128, the extra negative level). Each round refits d by
+    least squares for the current codes.
+
+    Returns:
+        d (C,) float32, already rounded to float16.
+
+    Raises:
+        ValueError: d overflows float16 (weights beyond ~1e6 in magnitude).
+    """
+    s_t = np.ascontiguousarray(s.T)  # (S, C): a max over S is then a vertical (fast) reduction
+    hi = s_t.max(axis=0)
+    if lo_code == 0:
+        d = _f16(hi / hi_code)
+    else:
+        lo = s_t.min(axis=0)
+        d = _f16((hi + (-lo > hi) * (lo - hi)) / lo_code)
+    for _ in range(rounds):
+        codes = np.rint(s * _safe_inv(d)[:, None])
+        np.clip(codes, lo_code, hi_code, out=codes)
+        wc = codes if w is None else w * codes
+        den = np.einsum("cs,cs->c", wc, codes)
+        d = _f16(np.einsum("cs,cs->c", wc, s) / (den + (den == 0)))
+    if not np.isfinite(d).all():
+        raise ValueError("weights too large: a super-block scale does not fit in float16 (|d| > 65504).")
+    return d
+
+
+# -- the five formats ----------------------------------------------------------------------------------------------
+
+# candidate searches per type (see _fit_affine / _fit_symmetric), Lloyd rounds, least-squares rounds for d
+_AFFINE_STEPS = {"Q2_K": (-0.25, 0.25), "Q4_K": (-0.25, 0.25), "Q5_K": (-0.25, 0.25)}
+_SYM_TARGETS = {"Q3_K": (-4.5, -4.0, 3.5), "Q6_K": (-32.0, 31.5)}
+_ROUNDS = {"Q2_K": 1, "Q3_K": 0, "Q4_K": 1, "Q5_K": 1, "Q6_K": 0}
+_D_ROUNDS = {"Q2_K": 1, "Q3_K": 1, "Q4_K": 1, "Q5_K": 1, "Q6_K": 0}
+
+
+def _codes(blocks: np.ndarray, inv_a: np.ndarray, offset: np.ndarray | None, lo: int, hi: int) -> np.ndarray:
+    """Final codes in the weights' natural order: clip(rint(x * inv_a + offset), lo, hi) - lo, (C, 256) uint8.
+
+    inv_a, offset: (M,) per sub-block, expanded to one value per weight with np.repeat (broadcasting a
+    per-row scalar over rows of 16 or 32 is ~4x slower than a plain elementwise product).
+    """
+    n = blocks.size // inv_a.size
+    q = blocks.reshape(-1) * np.repeat(inv_a, n)
+    if offset is not None:
+        q += np.repeat(offset, n)
+    np.rint(q, out=q)
+    np.clip(q, lo, hi, out=q)
+    if lo:
+        q -= lo
+    return q.astype(np.uint8).reshape(-1, QK_K)
+
+
+def _round_scale_and_min(a, b, sq, sqq, n, d, dmin, code_max):
+    """Integer scale and min codes (M,) for sub-block fits (a, b), given the super-block d and dmin (M,).
+
+    Rounding the scale and the min separately ignores that their errors interact: for fixed codes q the extra
+    squared error of decoding with (a + da, b + db) instead of the least-squares (a, b) is exactly
+    da^2 sum q^2 + 2 da db sum q + n db^2. So: round the min, then pick the scale code that best offsets the
+    min's rounding error (minimizing that quadratic in da), then re-pick the min for that scale. The final
+    codes are re-rounded afterwards, which can only lower the error further.
+    """
+    inv_dmin = _safe_inv(dmin)
+    m = np.clip(np.rint(-b * inv_dmin), 0, code_max)
+    db = -dmin * m - b
+    sc = np.clip(np.rint((a - db * sq * _safe_inv(sqq)) * _safe_inv(d)), 0, code_max)
+    da = d * sc - a
+    m = np.clip(np.rint((da * sq / n - b) * inv_dmin), 0, code_max)
+    return sc, m
+
+
+def _affine_chunk(blocks: np.ndarray, quant_type: str, nmax: int, n: int, code_max: int):
+    """Shared part of Q2_K, Q4_K, Q5_K: returns codes (C, 256) uint8, sc, m (C, S) uint8, d, dmin (C,)."""
+    c, s = blocks.shape[0], QK_K // n
+    x = _to_columns(blocks, n)  # (n, M = C * S)
+    a, b, sq, sqq, lo, hi = _fit_affine(x, nmax, _AFFINE_STEPS[quant_type], _ROUNDS[quant_type])
+    _check_finite(lo, hi, quant_type)
+    # super-block scales: the largest sub-block scale (min) of each super-block maps to the top code
+    dmin = _super_scale(np.maximum(-b, 0).reshape(c, s), None, 0, code_max, _D_ROUNDS[quant_type])
+    d = _super_scale(np.maximum(a, 0).reshape(c, s), sqq.reshape(c, s), 0, code_max, _D_ROUNDS[quant_type])
+    sc, m = _round_scale_and_min(a, b, sq, sqq, n, np.repeat(d, s), np.repeat(dmin, s), code_max)
+    inv_a = _safe_inv(np.repeat(d, s) * sc)
+    codes = _codes(blocks, inv_a, np.repeat(dmin, s) * m * inv_a, 0, nmax)
+    return codes, sc.reshape(c, s).astype(np.uint8), m.reshape(c, s).astype(np.uint8), d, dmin
+
+
+def _symmetric_chunk(blocks: np.ndarray, quant_type: str, nneg: int, sc_lo: int, sc_hi: int):
+    """Shared part of Q3_K, Q6_K: returns codes + nneg (C, 256) uint8, sc (C, 16) float32, d (C,)."""
+    c = blocks.shape[0]
+    x = _to_columns(blocks, 16)  # (16, M = C * 16)
+    a, lo, hi = _fit_symmetric(x, nneg, _SYM_TARGETS[quant_type], _ROUNDS[quant_type])
+    _check_finite(lo, hi, quant_type)
+    d = _super_scale(a.reshape(c, 16), None, sc_lo, sc_hi, _D_ROUNDS[quant_type])
+    sc = np.clip(np.rint(a.reshape(c, 16) * _safe_inv(d)[:, None]), sc_lo, sc_hi)  # (C, 16)
+    inv_a = _safe_inv((d[:, None] * sc).reshape(-1))
+    return _codes(blocks, inv_a, None, -nneg, nneg - 1), sc, d
+
+
+# Packing works on the codes viewed as uint64 words, 8 codes a word: a shift by up to 7 bits never carries a
+# code into its neighbour byte, because every field stays below 256 (e.g. a 2-bit code << 6 <= 192).
+_LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+_LOW_2_BITS = np.uint64(0x0303030303030303)
+_LOW_BIT = np.uint64(0x0101010101010101)
+
+
+def _bytes(words: np.ndarray) -> np.ndarray:
+    """(C, ...) uint64 -> (C, n_bytes) uint8, little-endian, no copy."""
+    return np.ascontiguousarray(words).view(np.uint8).reshape(words.shape[0], -1)
+
+
+def _pack_2bit(w: np.ndarray) -> np.ndarray:
+    """(C, 32) words of codes 0..3 -> (C, 64) bytes: weight 128h + 32s + l in bits 2s of byte 32h + l."""
+    q = w.reshape(-1, 2, 4, 4)  # (C, h, s, 4 words = 32 weights l)
+    return _bytes(q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6))
+
+
+def _pack_nibbles(w: np.ndarray) -> np.ndarray:
+    """(C, 32) words of codes 0..15 -> (C, 128) bytes: weight 64c + l low nibble, 64c + 32 + l high nibble of
+    byte 32c + l."""
+    q = w.reshape(-1, 4, 2, 4)  # (C, c, half, 4 words)
+    return _bytes(q[:, :, 0] | (q[:, :, 1] << 4))
+
+
+def _pack_bitplane(w: np.ndarray) -> np.ndarray:
+    """(C, 32) words of bits 0/1 -> (C, 32) bytes: bit j of byte l is weight 32j + l."""
+    q = w.reshape(-1, 8, 4)  # (C, j, 4 words)
+    out = q[:, 0].copy()
+    for j in range(1, 8):
+        out |= q[:, j] << j
+    return _bytes(out)
+
+
+def _pack_scales_min_6bit(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Eight 6-bit scales and eight 6-bit mins (C, 8) uint8 -> the 12 bytes of Q4_K/Q5_K, (C, 12)."""
+    sc, m = sc.T, m.T  # (8, C) views: every operation below runs along C, not along 4 bytes
+    out = np.empty((12, sc.shape[1]), dtype=np.uint8)
+    out[0:4] = sc[:4] | ((sc[4:] >> 4) << 6)
+    out[4:8] = m[:4] | ((m[4:] >> 4) << 6)
+    out[8:12] = (sc[4:] & 0x0F) | ((m[4:] & 0x0F) << 4)
+    return out.T
+
+
+def _q2_k(blocks: np.ndarray) -> np.ndarray:
+    codes, sc, m, d, dmin = _affine_chunk(blocks, "Q2_K", 3, 16, 15)
+    return np.concatenate([sc | (m << 4), _pack_2bit(codes.view(np.uint64)), _f16_bytes(d), _f16_bytes(dmin)], 1)
+
+
+def _q4_k(blocks: np.ndarray) -> np.ndarray:
+    codes, sc, m, d, dmin = _affine_chunk(blocks, "Q4_K", 15, 32, 63)
+    scales = _pack_scales_min_6bit(sc, m)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(dmin), scales, _pack_nibbles(codes.view(np.uint64))], 1)
+
+
+def _q5_k(blocks: np.ndarray) -> np.ndarray:
+    codes, sc, m, d, dmin = _affine_chunk(blocks, "Q5_K", 31, 32, 63)
+    w = codes.view(np.uint64)  # (C, 32)
+    high, low = (w >> 4) & _LOW_BIT, w & _LOW_NIBBLES
+    scales = _pack_scales_min_6bit(sc, m)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(dmin), scales, _pack_bitplane(high), _pack_nibbles(low)], axis=1)
+
+
+def _q3_k(blocks: np.ndarray) -> np.ndarray:
+    codes, sc, d = _symmetric_chunk(blocks, "Q3_K", 4, -32, 31)
+    w = codes.view(np.uint64)
+    sc6 = (sc + 32).astype(np.uint8)  # (C, 16), 0..63
+    scales = np.empty((blocks.shape[0], 12), dtype=np.uint8)
+    scales[:, :8] = (sc6[:, :8] & 0x0F) | ((sc6[:, 8:] & 0x0F) << 4)
+    high = (sc6 >> 4).reshape(-1, 4, 4)  # value 4k + b -> [k, b]
+    scales[:, 8:] = high[:, 0] | (high[:, 1] << 2) | (high[:, 2] << 4) | (high[:, 3] << 6)
+    hmask = _pack_bitplane((w >> 2) & _LOW_BIT)
+    return np.concatenate([hmask, _pack_2bit(w & _LOW_2_BITS), scales, _f16_bytes(d)], axis=1)
+
+
+def _q6_k(blocks: np.ndarray) -> np.ndarray:
+    codes, sc, d = _symmetric_chunk(blocks, "Q6_K", 32, -128, 127)
+    w = codes.view(np.uint64)
+    low = (w & _LOW_NIBBLES).reshape(-1, 2, 2, 8)  # (C, h, n, 8 words = 64 weights)
+    ql = _bytes(low[:, :, 0] | (low[:, :, 1] << 4))
+    high = ((w >> 4) & _LOW_2_BITS).reshape(-1, 2, 4, 4)  # (C, h, s, 4 words)
+    qh = _bytes(high[:, :, 0] | (high[:, :, 1] << 2) | (high[:, :, 2] << 4) | (high[:, :, 3] << 6))
+    return np.concatenate([ql, qh, sc.astype(np.int8).view(np.uint8), _f16_bytes(d)], axis=1)
+
+
+_QUANTIZERS = {"Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}
+
+__all__ = ["CHUNK", "K_TYPES", "QK_K", "bits_per_weight", "quantize_k"]
