@@ -147,6 +147,7 @@ def _as_float32(weights) -> np.ndarray:
 # -- helpers --------------------------------------------------------------------------------------------------
 
 _TINY = np.float32(1e-30)
+_F16_MIN_NORMAL = 2.0**-14  # below this a float16 has fewer than 11 significant bits
 _ONES = {n: np.ones((1, n), dtype=np.float32) for n in (16, 32)}  # row vectors for column sums by matmul
 
 
@@ -340,10 +341,11 @@ def _super_scale(s: np.ndarray, w: np.ndarray | None, lo_code: int, hi_code: int
     s_t = np.ascontiguousarray(s.T)  # (S, C): a max over S is then a vertical (fast) reduction
     hi = s_t.max(axis=0)
     if lo_code == 0:
-        d = _f16(hi / hi_code)
+        d_raw = hi / hi_code
     else:
         lo = s_t.min(axis=0)
-        d = _f16((hi + (-lo > hi) * (lo - hi)) / lo_code)
+        d_raw = (hi + (-lo > hi) * (lo - hi)) / lo_code
+    d = _f16(d_raw)
     for _ in range(rounds):
         codes = np.rint(s * _safe_inv(d)[:, None])
         np.clip(codes, lo_code, hi_code, out=codes)
@@ -352,7 +354,31 @@ def _super_scale(s: np.ndarray, w: np.ndarray | None, lo_code: int, hi_code: int
         d = _f16(np.einsum("cs,cs->c", wc, s) / (den + (den == 0)))
     if not np.isfinite(d).all():
         raise ValueError("weights too large: a super-block scale does not fit in float16 (|d| > 65504).")
+    tiny = np.flatnonzero((d_raw != 0) & (np.abs(d) < _F16_MIN_NORMAL))
+    if tiny.size:  # rare: weights of magnitude ~1e-4 and below
+        d[tiny] = _subnormal_scale(s[tiny], None if w is None else w[tiny], d_raw[tiny], lo_code, hi_code)
     return d
+
+
+def _subnormal_scale(s: np.ndarray, w: np.ndarray | None, d: np.ndarray, lo_code: int, hi_code: int) -> np.ndarray:
+    """A better d for super-blocks whose d falls below float16's normal range (2^-14), where d has few bits.
+
+    A subnormal float16 is a multiple of 2^-24, so d = 3e-7 carries barely 2 significant bits (and below 3e-8 it
+    rounds to 0, decoding the whole super-block as 0); every decoded weight inherits that error. A k times larger
+    d with k times smaller codes trades code resolution for scale resolution: try a few k and keep, per
+    super-block, the d with the smallest weighted squared error (d: (C,) the unrounded starting scale).
+    """
+    best_err, best_d = None, None
+    for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128):
+        dk = _f16(d * k)
+        codes = np.clip(np.rint(s * _safe_inv(dk)[:, None]), lo_code, hi_code)
+        r = s - dk[:, None] * codes
+        err = np.einsum("cs,cs->c", r if w is None else w * r, r)
+        if best_err is None:
+            best_err, best_d = err, dk
+        else:
+            _keep_better(err, best_err, ((dk, best_d),))
+    return best_d
 
 
 def _round_scale_and_min(a, b, sq, sqq, n, d, dmin, code_max):
@@ -480,6 +506,12 @@ def _pack_scales_min_6bit(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
     return out.T
 
 
+def _zero_if_empty(packed: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """All-zero bytes for super-blocks with d == 0 (all weights 0), as ggml writes them; they decode the same."""
+    packed[d == 0] = 0
+    return packed
+
+
 def _q2_k(blocks: np.ndarray, work: _Work) -> np.ndarray:
     codes, sc, m, d, dmin = _affine_chunk(blocks, "Q2_K", 3, 16, 15, work)
     return np.concatenate([sc | (m << 4), _pack_2bit(codes.view(np.uint64)), _f16_bytes(d), _f16_bytes(dmin)], 1)
@@ -508,7 +540,7 @@ def _q3_k(blocks: np.ndarray, work: _Work) -> np.ndarray:
     high = (sc6 >> 4).reshape(-1, 4, 4)  # value 4k + b -> [k, b]
     scales[:, 8:] = high[:, 0] | (high[:, 1] << 2) | (high[:, 2] << 4) | (high[:, 3] << 6)
     hmask = _pack_bitplane((w >> 2) & _LOW_BIT)
-    return np.concatenate([hmask, _pack_2bit(w & _LOW_2_BITS), scales, _f16_bytes(d)], axis=1)
+    return _zero_if_empty(np.concatenate([hmask, _pack_2bit(w & _LOW_2_BITS), scales, _f16_bytes(d)], axis=1), d)
 
 
 def _q6_k(blocks: np.ndarray, work: _Work) -> np.ndarray:
@@ -518,7 +550,7 @@ def _q6_k(blocks: np.ndarray, work: _Work) -> np.ndarray:
     ql = _bytes(low[:, :, 0] | (low[:, :, 1] << 4))
     high = ((w >> 4) & _LOW_2_BITS).reshape(-1, 2, 4, 4)  # (C, h, s, 4 words)
     qh = _bytes(high[:, :, 0] | (high[:, :, 1] << 2) | (high[:, :, 2] << 4) | (high[:, :, 3] << 6))
-    return np.concatenate([ql, qh, sc.astype(np.int8).view(np.uint8), _f16_bytes(d)], axis=1)
+    return _zero_if_empty(np.concatenate([ql, qh, sc.astype(np.int8).view(np.uint8), _f16_bytes(d)], axis=1), d)
 
 
 _QUANTIZERS = {"Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}
