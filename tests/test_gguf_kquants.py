@@ -54,19 +54,19 @@ def heavy() -> np.ndarray:
 # plus ~3% headroom. For reference, the naive estimate step / sqrt(12) of min-max rounding on Gaussian weights
 # (expected sub-block range over the codes) is Q2_K 0.34, Q3_K 0.15, Q4_K 0.080, Q5_K 0.039, Q6_K 0.019: the
 # searched fits stay below it. ggml's reference quantizer on the same kind of data: see test_against_ggml.
-GAUSSIAN_BOUND = {  # measured: 0.2693, 0.1445, 0.0722, 0.0359, 0.0177
+GAUSSIAN_BOUND = {  # measured: 0.2693, 0.1443, 0.0713, 0.0359, 0.0168
     "Q2_K": 0.277,
     "Q3_K": 0.149,
-    "Q4_K": 0.0745,
+    "Q4_K": 0.0735,
     "Q5_K": 0.0370,
-    "Q6_K": 0.0182,
+    "Q6_K": 0.0173,
 }
-HEAVY_BOUND = {  # measured: 0.2398, 0.1514, 0.0887, 0.0475, 0.0293
+HEAVY_BOUND = {  # measured: 0.2397, 0.1513, 0.0877, 0.0475, 0.0289
     "Q2_K": 0.247,
     "Q3_K": 0.156,
-    "Q4_K": 0.0915,
+    "Q4_K": 0.0905,
     "Q5_K": 0.0490,
-    "Q6_K": 0.0302,
+    "Q6_K": 0.0298,
 }
 EXACT_BITS = {"Q2_K": 2.625, "Q3_K": 3.4375, "Q4_K": 4.5, "Q5_K": 5.5, "Q6_K": 6.5625}
 
@@ -104,7 +104,7 @@ def test_more_bits_less_error(errors, data):
 
 @pytest.mark.parametrize("data", ["gaussian", "heavy"])
 def test_k_quants_beat_legacy_types_of_the_same_width(errors, data):
-    # same bits per weight (4.5 and 5.5): measured Q4_K/Q4_0 0.84 (gaussian), 0.73 (heavy); Q5_K/Q5_0 0.84, 0.66
+    # same bits per weight (4.5 and 5.5): measured Q4_K/Q4_0 0.83 (gaussian), 0.72 (heavy); Q5_K/Q5_0 0.84, 0.66
     assert errors[data, "Q4_K"] < 0.9 * errors[data, "Q4_0"]
     assert errors[data, "Q5_K"] < 0.9 * errors[data, "Q5_0"]
 
@@ -145,7 +145,7 @@ def test_constant_block(quant_type, value):
 @pytest.mark.parametrize("quant_type", K)
 def test_tiny_weights_keep_their_precision(quant_type):
     # std 1e-5: d falls below float16's normal range (and rounds to 0 for Q5_K and Q6_K if taken as max / 63);
-    # _subnormal_scale trades code range for scale bits. Measured: Q6_K 0.022, Q5_K 0.0375 (vs 0.0177, 0.0359)
+    # _subnormal_scale trades code range for scale bits. Measured: Q6_K 0.0209, Q5_K 0.0374 (vs 0.0168, 0.0359)
     x = gaussian()[:64]
     assert rel_rmse(x * 5e-4, decode(quantize_k(x * 5e-4, quant_type), quant_type)) <= 1.3 * GAUSSIAN_BOUND[quant_type]
 
@@ -233,12 +233,13 @@ def fixture_input(kind: str) -> np.ndarray:
 
 
 # This writer's RMSE / ggml's (ggml-python 0.0.45, no importance matrix), measured on the fixtures:
-#   gaussian: Q2_K 0.909  Q3_K 0.958  Q4_K 1.008  Q5_K 0.991  Q6_K 0.996
-#   heavy:    Q2_K 0.794  Q3_K 0.980  Q4_K 1.001  Q5_K 0.998  Q6_K 0.991
-#   edge:     Q2_K 0.906  Q3_K 0.959  Q4_K 1.012  Q5_K 1.005  Q6_K 1.002
-# and the fraction of identical bytes is 0.37-0.72: the block layout is the same (ggml's bytes decode, and
-# all-zero or constant super-blocks come out byte for byte identical), the searched scales are not.
-VS_GGML = {"Q2_K": 0.95, "Q3_K": 0.99, "Q4_K": 1.02, "Q5_K": 1.02, "Q6_K": 1.02}
+#   gaussian: Q2_K 0.909  Q3_K 0.955  Q4_K 0.996  Q5_K 0.991  Q6_K 0.948
+#   heavy:    Q2_K 0.794  Q3_K 0.980  Q4_K 0.995  Q5_K 0.998  Q6_K 0.980
+#   edge:     Q2_K 0.906  Q3_K 0.959  Q4_K 1.001  Q5_K 1.005  Q6_K 0.953
+# and the fraction of identical bytes is 0.13-0.72 (Q6_K lowest: its search often flips the sign of a scale): the
+# block layout is the same (ggml's bytes decode, and all-zero or constant super-blocks come out byte for byte
+# identical), the searched scales are not.
+VS_GGML = {"Q2_K": 0.95, "Q3_K": 0.99, "Q4_K": 1.01, "Q5_K": 1.01, "Q6_K": 0.99}
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "heavy", "edge"])

@@ -406,11 +406,11 @@ def _round_scale_and_min(a, b, sq, sqq, n, d, dmin, code_max):
 # per type: candidate steps (affine) or targets (symmetric), Lloyd rounds, least-squares rounds for d
 _AFFINE_STEPS = {
     "Q2_K": ((-0.25, 0.0), (0.25, 0.0)),
-    "Q4_K": ((-0.25, 0.0), (0.25, 0.0), (-0.25, 0.5)),
+    "Q4_K": ((-0.25, 0.0), (0.25, 0.0), (-0.25, 0.5), (0.5, -0.5)),
     "Q5_K": ((-0.25, 0.0), (0.25, 0.0), (-0.25, 0.5)),
 }
-_SYM_TARGETS = {"Q3_K": (-4.5, -4.0, 3.5), "Q6_K": (-32.0, 31.5)}
-_ROUNDS = {"Q2_K": 1, "Q3_K": 0, "Q4_K": 0, "Q5_K": 0, "Q6_K": 1}
+_SYM_TARGETS = {"Q3_K": (-4.5, -4.0, 3.0), "Q6_K": (-32.0, 31.0, 30.0, 29.0)}
+_ROUNDS = {"Q2_K": 1, "Q3_K": 0, "Q4_K": 0, "Q5_K": 0, "Q6_K": 0}
 _D_ROUNDS = {"Q2_K": 1, "Q3_K": 1, "Q4_K": 1, "Q5_K": 1, "Q6_K": 0}
 _CODES_SLICE = 256  # super-blocks per step of _codes: its temporaries stay at 256 KiB
 
