@@ -199,6 +199,13 @@ def test_unknown_type_and_non_finite_weights():
         quantize_k(x, "Q5_K")
 
 
+@pytest.mark.parametrize("quant_type", K)
+def test_too_large_weights_say_so(quant_type):
+    x = gaussian()[:4] * 1e12  # far beyond what float16 super-block scales (max 65504) can reach
+    with pytest.raises(ValueError, match=f"^{quant_type}: weights .*too large.*Keep this tensor in BF16/F32"):
+        quantize_k(x, quant_type)
+
+
 def test_chunks_do_not_change_the_result(monkeypatch):
     import quantkit.backends.gguf_kquants as kq
 
