@@ -191,8 +191,10 @@ def test_row_not_divisible_by_256_says_shape_and_fix():
 
 
 def test_unknown_type_and_non_finite_weights():
-    with pytest.raises(ValueError, match="quant_type='Q4_K_M' is not a K-quant this module writes"):
+    with pytest.raises(ValueError, match="'Q4_K_M' is a mix preset: pick each tensor's type with gguf_mixes"):
         quantize_k(np.zeros((1, 256), np.float32), "Q4_K_M")
+    with pytest.raises(ValueError, match="quant_type='Q4K' is not a K-quant this module writes. Did you mean 'Q4_K'"):
+        quantize_k(np.zeros((1, 256), np.float32), "Q4K")
     x = gaussian()[:2]
     x[1, 7] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):

@@ -85,6 +85,8 @@ import math
 
 import numpy as np
 
+from ..errors import did_you_mean, one_of
+
 QK_K = 256  # weights per super-block, every K-quant
 
 # type -> (bytes per super-block, weights per sub-block)
@@ -105,8 +107,16 @@ def bits_per_weight(quant_type: str) -> float:
 
 def _check_type(quant_type: str) -> tuple[int, int]:
     if quant_type not in K_TYPES:
+        from .gguf_mixes import PRESETS
+
+        if quant_type in ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "BF16", "F16", "F32"):
+            hint = f" The gguf package writes {quant_type} itself: gguf.quants.quantize."
+        elif quant_type in PRESETS:
+            hint = f" {quant_type!r} is a mix preset: pick each tensor's type with gguf_mixes.tensor_type."
+        else:
+            hint = did_you_mean(quant_type, K_TYPES)
         raise ValueError(
-            f"quant_type={quant_type!r} is not a K-quant this module writes. Use one of {', '.join(K_TYPES)}."
+            f"quant_type={quant_type!r} is not a K-quant this module writes.{hint} Use {one_of(K_TYPES)}."
         )
     return K_TYPES[quant_type]
 
@@ -158,7 +168,6 @@ def _as_float32(weights) -> np.ndarray:
 
 # -- helpers --------------------------------------------------------------------------------------------------
 
-_TINY = np.float32(1e-30)
 _F16_FEW_BITS = 2.0**-18  # a float16 below this is a subnormal with fewer than 6 significant bits
 _SUBNORMAL_K = (1, 1.5, 2, 3, 4, 8, 16, 64)  # multipliers of such a d that are tried (measured: as good as 14)
 _ONES = {n: np.ones((1, n), dtype=np.float32) for n in (16, 32)}  # row vectors for column sums by matmul
@@ -306,7 +315,7 @@ def _fit_symmetric(x: np.ndarray, nneg: int, targets: tuple[float, ...], rounds:
     Args:
         x: (n, M) float32.
         nneg: 4 (Q3_K) or 32 (Q6_K): codes run -nneg .. nneg - 1.
-        targets: the codes the largest-magnitude weight of a column is first rounded to (e.g. -4.5, -4, 3.5 for
+        targets: the codes the largest-magnitude weight of a column is first rounded to (e.g. -4.5, -4 or 3 for
             Q3_K: a negative target uses the extra negative level), tried in turn.
         rounds: Lloyd rounds after the search.
         work: scratch buffers.
