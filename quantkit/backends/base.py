@@ -224,9 +224,17 @@ class Backend:
         return None
 
     @classmethod
-    def layer_problem(cls, kwargs: dict[str, Any], in_features: int, out_features: int, device: str) -> str | None:
-        """Why this backend keeps a Linear of this shape in full precision, or None to quantize it."""
+    def layer_problem(cls, kwargs: dict[str, Any], in_features: int, out_features: int, device: str,
+                      layer: str | None = None) -> str | None:
+        """Why this backend keeps a Linear of this shape (named `layer`, when known) in full precision, or None to
+        quantize it."""
         return None
+
+    @classmethod
+    def layer_quantization(cls, kwargs: dict[str, Any], layer: str, out_features: int, in_features: int) -> str:
+        """What one quantized layer becomes, in the backend's words (a backend that mixes types per layer, like
+        GGUF's Q4_K_M, says which type and why); by default the same for every layer."""
+        return cls.describe(kwargs)
 
     # -- native configs ----------------------------------------------------------------------
     @classmethod
@@ -247,8 +255,10 @@ class Backend:
 
     # -- sizes and quantization --------------------------------------------------------------
     @classmethod
-    def weight_bytes(cls, kwargs: dict[str, Any], out_features: int, in_features: int, dtype_bytes: int) -> int:
-        """Bytes one quantized Linear weight takes, statistics included (bias not included)."""
+    def weight_bytes(cls, kwargs: dict[str, Any], out_features: int, in_features: int, dtype_bytes: int,
+                     layer: str | None = None) -> int:
+        """Bytes one quantized Linear weight (named `layer`, when known) takes, statistics included (bias not
+        included)."""
         raise NotImplementedError
 
     @classmethod

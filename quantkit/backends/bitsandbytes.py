@@ -105,7 +105,7 @@ class BitsAndBytes4Bit(_BnB):
         return super().from_native(config)
 
     @classmethod
-    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes, layer=None):
         r = cls.resolved(kwargs)
         n = out_features * in_features
         blocks = -(-n // BLOCKSIZE)
@@ -224,7 +224,7 @@ class BitsAndBytes8Bit(_BnB):
         return super().from_native(config)
 
     @classmethod
-    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes, layer=None):
         return out_features * in_features + 4 * out_features  # int8 weights + one fp32 scale (SCB) per row
 
     @classmethod

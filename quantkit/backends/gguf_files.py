@@ -29,13 +29,30 @@ BLOCKS = {
     "Q5_K": (256, 176),
     "Q6_K": (256, 210),
 }
-WRITABLE = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "BF16")
-FORMAT_VERSION = 1  # bump when the files quantkit writes change
+# what quantkit writes: the gguf package's own legacy types, and the K-quants (quantkit.backends.gguf_kquants)
+WRITABLE = ("Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K", "BF16")
+# mixes in the community's style: a base K type, some layers raised or kept in float (quantkit.backends.gguf_mixes)
+MIXES = ("Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q3_K_M", "Q3_K_S")
+FORMAT_VERSION = 2  # bump when the files quantkit writes change (2: K-quants and mixes)
 
 
 def cache_dir() -> Path:
     """Where written GGUF files are kept: $QUANTKIT_CACHE/gguf, default ~/.cache/quantkit/gguf."""
     return Path(os.environ.get("QUANTKIT_CACHE", Path.home() / ".cache" / "quantkit")) / "gguf"
+
+
+def pack(weight, quant_type: str):
+    """A 2-D weight (out, in) packed into GGUF blocks of `quant_type`, as a numpy uint8 array: K-quants by
+    quantkit's own writer (the gguf package cannot write them), the other types by the gguf package."""
+    import gguf
+
+    from .gguf_kquants import K_TYPES, quantize_k
+
+    if quant_type in K_TYPES:
+        return quantize_k(weight.float().cpu().numpy() if hasattr(weight, "cpu") else weight, quant_type)
+    qtype = getattr(gguf.GGMLQuantizationType, quant_type)
+    array = weight.float().cpu().numpy() if hasattr(weight, "cpu") else weight
+    return gguf.quants.quantize(array, qtype)
 
 
 def quantize_tensor(weight, quant_type: str):
@@ -45,8 +62,7 @@ def quantize_tensor(weight, quant_type: str):
     from diffusers.quantizers.gguf.utils import GGUFParameter
 
     qtype = getattr(gguf.GGMLQuantizationType, quant_type)
-    packed = gguf.quants.quantize(weight.float().cpu().numpy(), qtype)
-    return GGUFParameter(torch.from_numpy(packed), quant_type=qtype)
+    return GGUFParameter(torch.from_numpy(pack(weight, quant_type)), quant_type=qtype)
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -64,7 +80,13 @@ def cache_key(folder: Path, quant_type: str, quantize: list[str]) -> str:
 
 
 def write_gguf(
-    folder: str | Path, path: str | Path, quant_type: str, quantize: list[str], *, progress: bool = False
+    folder: str | Path,
+    path: str | Path,
+    quant_type: str,
+    quantize: list[str],
+    *,
+    progress: bool = False,
+    types: dict[str, str] | None = None,
 ) -> Path:
     """Write a component's weights to a GGUF file, quantizing the named Linear weights.
 
@@ -78,6 +100,7 @@ def write_gguf(
         quant_type: one of WRITABLE.
         quantize: tensor names (e.g. "transformer_blocks.0.attn.to_q.weight") to quantize.
         progress: show a tqdm bar.
+        types: {tensor name: type} where a mix gives tensors their own types (default: `quant_type` for all).
 
     Returns:
         The path written.
@@ -88,13 +111,13 @@ def write_gguf(
 
     from ..checkpoint import SafetensorsSource
 
-    if quant_type not in WRITABLE:
-        raise ValueError(f"quantkit writes GGUF as {one_of(WRITABLE)}, not {quant_type!r}.")
+    if quant_type not in WRITABLE and quant_type not in MIXES:
+        raise ValueError(f"quantkit writes GGUF as {one_of(WRITABLE + MIXES)}, not {quant_type!r}.")
+    types = dict(types or {})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     source = SafetensorsSource(folder)
-    qtype = getattr(gguf.GGMLQuantizationType, quant_type)
     wanted = set(quantize)
     try:
         writer = gguf.GGUFWriter(str(tmp), arch="quantkit")
@@ -106,7 +129,9 @@ def write_gguf(
         ):
             tensor = source.get(key).float()
             if key in wanted:
-                writer.add_tensor(key, gguf.quants.quantize(tensor.numpy(), qtype), raw_dtype=qtype)
+                kind = types.get(key, quant_type)
+                qtype = getattr(gguf.GGMLQuantizationType, kind)
+                writer.add_tensor(key, pack(tensor, kind), raw_dtype=qtype)
             else:
                 writer.add_tensor(key, np.ascontiguousarray(tensor.numpy()))
             del tensor
@@ -205,7 +230,8 @@ class GGUFSource:
         self._tensors.clear()
 
 
-def component_file(folder: Path, kwargs: dict[str, Any], quantize: list[str], *, progress: bool = False) -> Path:
+def component_file(folder: Path, kwargs: dict[str, Any], quantize: list[str], *, progress: bool = False,
+                   types: dict[str, str] | None = None) -> Path:
     """The GGUF file for a component: the user's `gguf_file`, else quantkit's cached one (written if absent)."""
     from .gguf import GGUF
 
@@ -214,9 +240,9 @@ def component_file(folder: Path, kwargs: dict[str, Any], quantize: list[str], *,
         return Path(r["gguf_file"])
     path = cache_dir() / f"{folder.name}-{r['quant_type']}-{cache_key(folder, r['quant_type'], quantize)}.gguf"
     if not path.is_file():
-        write_gguf(folder, path, r["quant_type"], quantize, progress=progress)
+        write_gguf(folder, path, r["quant_type"], quantize, progress=progress, types=types)
     return path
 
 
-__all__ = ["GGUFSource", "cache_dir", "check_matches", "component_file", "gguf_shapes", "quantize_tensor", "read_gguf",
+__all__ = ["MIXES", "GGUFSource", "pack", "cache_dir", "check_matches", "component_file", "gguf_shapes", "quantize_tensor", "read_gguf",
            "write_gguf"]

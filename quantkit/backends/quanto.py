@@ -32,7 +32,7 @@ class Quanto(Backend):
         return cls.resolved(kwargs)["weights_dtype"]
 
     @classmethod
-    def layer_problem(cls, kwargs, in_features, out_features, device):
+    def layer_problem(cls, kwargs, in_features, out_features, device, layer=None):
         if _BITS[cls.resolved(kwargs)["weights_dtype"]] < 8 and in_features % GROUP_SIZE:
             return f"in_features={in_features} is not a multiple of quanto's group size {GROUP_SIZE}"
         return None
@@ -68,7 +68,7 @@ class Quanto(Backend):
         return cls.normalize_kwargs(out)
 
     @classmethod
-    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes, layer=None):
         bits = _BITS[cls.resolved(kwargs)["weights_dtype"]]
         n = out_features * in_features
         if bits == 8:

@@ -46,6 +46,17 @@ def _cuda_here() -> bool:
     return torch.cuda.is_available()
 
 
+def _where(adapter, device: str, have: bool) -> str:
+    """"yes" when a default config of `adapter` runs on `device` here, else "no: why"."""
+    missing = adapter.package_problem()
+    if missing is not None:
+        return f"no: {missing.reason} (pip install '{adapter.pip_spec}')"
+    problem = adapter.device_problem(adapter.normalize_kwargs({}), device)
+    if problem is not None:
+        return f"no: {problem.reason}"
+    return "yes" if have else "yes (no CUDA GPU on this machine)"
+
+
 def _needs_cuda(adapter, kwargs: dict) -> bool:
     from ..problems import ProblemKind
 
@@ -65,24 +76,14 @@ def backend_status() -> list[BackendStatus]:
             version = metadata.version(_distribution(adapter.module))
         except metadata.PackageNotFoundError:
             version = None
-        missing = adapter.package_problem()
-        kwargs = adapter.normalize_kwargs({})
-
-        def where(device: str, have: bool) -> str:
-            if missing is not None:
-                return f"no: {missing.reason} (pip install '{adapter.pip_spec}')"
-            problem = adapter.device_problem(kwargs, device)
-            if problem is not None:
-                return f"no: {problem.reason}"
-            return "yes" if have else "yes (no CUDA GPU on this machine)"
 
         main = next(iter(adapter.options))
         cuda_only = tuple(
             str(choice) for choice in adapter.option_choices(main) or ()
             if _needs_cuda(adapter, {main: choice})
         )
-        out.append(BackendStatus(name, adapter.pip_spec, version, where("cpu", True), where("cuda", cuda_here),
-                                 adapter.bits, cuda_only))
+        out.append(BackendStatus(name, adapter.pip_spec, version, _where(adapter, "cpu", True),
+                                 _where(adapter, "cuda", cuda_here), adapter.bits, cuda_only))
     return out
 
 

@@ -153,7 +153,7 @@ class TorchAO(Backend):
         return cls.normalize_kwargs(out)
 
     @classmethod
-    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes, layer=None):
         key = cls.shortcut(kwargs)
         n = out_features * in_features
         if key == "int4wo":

@@ -51,6 +51,7 @@ class ComponentPlan:
     layers_total: int = 0  # nn.Linear layers in the model
     quantized_layers: list[str] = field(default_factory=list)
     skipped_layers: dict[str, str] = field(default_factory=dict)  # layer -> why it stays in full precision
+    layer_types: dict[str, str] = field(default_factory=dict)  # quantized layer -> what it becomes (and why)
 
     @property
     def quantization(self) -> str:
@@ -120,6 +121,23 @@ class LoadPlan:
         return predict_peak(sizes_from_plan(self, headers=headers), device=self.device, height=height,
                             width=width or height, num_images=num_images, offload=offload,
                             pipeline_class=self.pipeline_class, dtype=self.torch_dtype or "bfloat16")
+
+    def layers(self, component: str):
+        """pandas DataFrame, one row per Linear layer of `component` the plan decided on: what it becomes
+        (e.g. "Q6_K (FFN down projection: Q4_K_M raises it from Q4_K to Q6_K)") or why it stays in full precision.
+
+        Raises:
+            ValueError: a component that is not quantized in this plan, naming the ones that are.
+        """
+        import pandas as pd
+
+        if component not in self.components or self.components[component].spec is None:
+            raise ValueError(f"{component!r} is not quantized in this plan; quantized: {self.quantized or 'none'}.")
+        c = self.components[component]
+        rows = [{"layer": n, "status": "quantized", "quantization": c.layer_types.get(n, c.quantization)}
+                for n in c.quantized_layers]
+        rows += [{"layer": n, "status": "full precision", "quantization": why} for n, why in c.skipped_layers.items()]
+        return pd.DataFrame(rows, columns=["layer", "status", "quantization"])
 
     def problems(self) -> dict[str, str]:
         """{component: why it cannot be loaded as planned}."""

@@ -199,7 +199,8 @@ def _plan_quantized(c: ComponentPlan, headers: dict, dtype: str | None, device: 
         code, shape = headers.get(f"{layer}.weight", ("F32", (m.out_features, m.in_features)))
         before = _tensor_bytes(code, shape, dtype)
         dtype_bytes = per or SAFETENSORS[code][1]
-        c.bytes_after += adapter.weight_bytes(c.spec.kwargs, m.out_features, m.in_features, dtype_bytes) - before
+        c.layer_types[layer] = adapter.layer_quantization(c.spec.kwargs, layer, m.out_features, m.in_features)
+        c.bytes_after += adapter.weight_bytes(c.spec.kwargs, m.out_features, m.in_features, dtype_bytes, layer) - before
     del model
 
 

@@ -206,9 +206,9 @@ class MetaSizer:
                     total += numel(shape) * (4 - self._float_bytes(code))  # upcast to float32
                     fp32 += numel(shape) * 4
                 continue
-            if adapter.layer_problem(spec.kwargs, in_f, out_f, self.device):
+            if adapter.layer_problem(spec.kwargs, in_f, out_f, self.device, layer):
                 continue
-            total += adapter.weight_bytes(spec.kwargs, out_f, in_f, self._float_bytes(code)) - before
+            total += adapter.weight_bytes(spec.kwargs, out_f, in_f, self._float_bytes(code), layer) - before
         return total, fp32
 
     def __call__(self, candidate) -> list[ComponentSizes]:
