@@ -26,6 +26,7 @@ _LAZY = {
     "compare": "quantkit.comparison",
     "CompareResults": "quantkit.comparison",
     "CompareSettings": "quantkit.comparison",
+    "QuantVariant": "quantkit.comparison.variants",
 }
 
 __all__ = ["BACKENDS", "EMBEDDED_PIPELINE", "LoadPlan", "PipelineQuantizationConfig", "QuantSpec", "plan", *_LAZY]

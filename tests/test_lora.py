@@ -7,11 +7,12 @@ Metric: PSNR (dB) of the same-seed image (2 steps, 32x32) against the bf16 pipel
 Measured on the 2-core CPU machine:
 
     step (vs bf16)            quanto  torchao  bnb-int8  gguf-Q8_0  bnb-nf4
-    load_lora_weights "a"      47.9    48.1     47.7      48.3       30.8
-    set_adapters a 0.7, b 0.5  47.7    48.1     48.7      49.0       31.3
-    fuse_lora                  47.2    47.6     47.2      48.2       28.4
-    LoRA effect (a vs none, quantized): 21.5 dB; unfuse_lora restores the pre-fuse image exactly (inf) where
-    quantkit keeps the weight (all but bnb-int8: 47.2 dB through peft's unmerge).
+    load_lora_weights "a"      47.9    48.1     47.7      47.8       30.8
+    set_adapters a 0.7, b 0.5  47.7    48.1     48.7      48.5       31.3
+    fuse_lora                  47.2    47.6     47.2      47.9       28.4
+    unload_lora_weights        48.3    48.1     47.9      48.0       34.0
+    LoRA effect (a vs none, quantized): 21.5 dB (nf4 22.4); unfuse_lora restores the pre-fuse image exactly (inf)
+    where quantkit keeps the weight (all but bnb-int8: 47.2 dB through peft's unmerge).
 
 Tolerances: 8-bit >= 35 dB, 4-bit >= 25 dB against bf16; the LoRA's effect (quantized with vs without it) must be
 >= 6 dB below that: the LoRA changes the image at least 4x more (in squared error) than quantizing does.

@@ -191,6 +191,12 @@ class TorchAO(Backend):
 
     # -- first-class models ------------------------------------------------------------------------
     @classmethod
+    def native_converts(cls, name, skip, library):
+        """Pre-quantized torchao weights are assigned as they were saved (a subclass stays one, a plain weight stays
+        plain), whatever modules_to_not_convert says: the full names of the kept layers describe the set exactly."""
+        return name not in skip
+
+    @classmethod
     def native_quantizer(cls, config, library):
         """diffusers' torchao quantizer reads `offload` in `is_serializable`; its `validate_environment` sets it
         (False without a cpu/disk device map, which a model quantkit loaded does not have)."""

@@ -54,8 +54,8 @@ def check_compile(compile: str | bool | None, device: str) -> str | None:
         raise ValueError(f"compile={compile!r} is not a compile mode; use one of {list(COMPILE_MODES)} "
                          "(True = 'regional').")
     if compile is not None:
-        _needs_cuda(f"compile={compile!r}", device, "quantkit compiles and times the denoiser on CUDA GPUs only "
-                    "(on a CPU, inductor builds C++ kernels for minutes)")
+        _needs_cuda(f"compile={compile!r}", device, "quantkit compiles and times the denoiser on CUDA GPUs only; "
+                    "on a CPU, inductor builds C++ kernels for minutes")
     return compile
 
 
