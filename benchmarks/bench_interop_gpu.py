@@ -10,12 +10,13 @@ backend x run mode loads it with `quantkit.load_pipeline` (transformer quantized
     torch.cuda.max_memory_allocated; on CPU the RSS peak), seconds per image (median of the timed calls, after a
     warm-up that also pays for compilation), PSNR (dB) against the bf16 pipeline's image with the same seed.
 
-Scales: "1b" is a FluxTransformer2DModel of 6 double + 12 single blocks at width 1536 (12 heads x 128), about
-0.98 B parameters (2 GB in bf16), drawn at 256x256 (1024 image tokens) with 8 steps; tiny CLIP/T5 encoders and
-VAE from quantkit.models.tiny. Budget on one H100: well under 8 minutes for all 24 rows (the first GGUF row also
-writes the Q8_0 file, ~20 s; each compile row compiles the two block types, ~20-40 s). "tiny" is the test
-pipeline (32x32, 2 steps). On a machine without CUDA the offload and compile rows are skipped with the reason
-quantkit gives (they need a CUDA device).
+Scales: "1b" is a FluxTransformer2DModel of 6 double + 12 single blocks at width 1536 (12 heads x 128), 0.945 B
+parameters (1.9 GB in bf16), drawn at 256x256 (1024 image tokens) with 8 steps; tiny CLIP/T5 encoders and VAE from
+quantkit.models.tiny. Sized for 8 minutes on one H100 for all 24 rows (an estimate: not yet run on a GPU): each
+row loads 1.9 GB and draws 3 images of 8 steps (~15 TFLOP each: ~0.15 s in bf16 at 100 TFLOP/s); the first GGUF row
+also writes the Q8_0 file with numpy on the CPU (~30 s); each compile row compiles the two block types (~20-40 s).
+Use --backends / --modes to run part of it. "tiny" is the test pipeline (32x32, 2 steps). On a machine without
+CUDA the offload and compile rows are skipped with the reason quantkit gives (they need a CUDA device).
 """
 
 from __future__ import annotations
