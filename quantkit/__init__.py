@@ -28,6 +28,7 @@ _LAZY = {
     "CompareSettings": "quantkit.comparison",
     "fit": "quantkit.planning.fit",
     "GPUS": "quantkit.planning.gpus",
+    "QuantVariant": "quantkit.comparison.variants",
 }
 
 __all__ = ["BACKENDS", "EMBEDDED_PIPELINE", "LoadPlan", "PipelineQuantizationConfig", "QuantSpec", "plan", *_LAZY]

@@ -18,7 +18,14 @@ backend. What an adapter provides:
 - loading: `plan_component(c, headers, model, device)` refines a component's plan (loader, problems),
   `weights(c, dtype, device, progress)` says where the streaming loader reads the tensors and how a
   filled Linear becomes the quantized one (`quantize_linear`), or hands back a whole model;
-- save and restore: `linear_state`, `empty_linear`, `restore_linear`.
+- save and restore: `linear_state`, `empty_linear`, `restore_linear`;
+- first-class models of their library (`quantkit.load.native`): `attach_native` (config.quantization_config,
+  hf_quantizer, is_quantized, as the library's own loader leaves them), `native_skip` / `native_converts` (which
+  layers the library's quantizer converts on reload), `native_layer_meta` / `restore_native` (reading the library's
+  own saved format back), `saved_tensors`, `save_native_file` (the backend's own file where the library has no
+  saved format), `lora_weight` / `set_lora_weight` / `lora_restorable` (merging a LoRA into layers peft cannot
+  merge, and undoing a merge), `before_move` / `after_move` (keeping a layer's side tensors with its weight when
+  the model changes device).
 """
 
 from __future__ import annotations
@@ -296,3 +303,157 @@ class Backend:
     def restore_linear(cls, linear, kwargs: dict[str, Any], tensors: dict[str, Any], meta: dict[str, Any], device):
         """Rebuild the quantized layer from what `linear_state` returned."""
         raise NotImplementedError
+
+    # -- first-class models of their library (quantkit.load.native) -----------------------------------
+    @classmethod
+    def native_skip(cls, model, layers: list[str], library: str) -> list[str] | None:
+        """`modules_to_not_convert` that makes `library`'s quantizer convert exactly `layers` of `model` when it
+        reloads a saved copy, or None when that set cannot be expressed. Default: the full dotted names of the other
+        Linear layers (checked with `native_converts`)."""
+        import torch
+
+        chosen = set(layers)
+        return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in chosen]
+
+    @classmethod
+    def native_converts(cls, name: str, skip: list[str], library: str) -> bool:
+        """Whether `library`'s quantizer converts the Linear `name` given `skip` (its modules_to_not_convert).
+        Default: transformers' rule (a whole-segment prefix or a suffix), diffusers' bitsandbytes/torchao rule
+        (the local name, the exact name, or a dotted part of it)."""
+        if library == "transformers":
+            from transformers.quantizers.quantizers_utils import should_convert_module
+
+            return should_convert_module(name, skip or None)
+        return name.rpartition(".")[2] not in skip and not any(f"{k}." in name or k == name for k in skip)
+
+    @classmethod
+    def native_quantizer(cls, config, library: str):
+        """The library's own quantizer object for a pre-quantized model with `config` (what its loader attaches)."""
+        if library == "diffusers":
+            from diffusers.quantizers.auto import DiffusersAutoQuantizer
+
+            return DiffusersAutoQuantizer.from_config(config, pre_quantized=True)
+        from transformers.quantizers.auto import AutoHfQuantizer
+
+        return AutoHfQuantizer.from_config(config, pre_quantized=True)
+
+    @classmethod
+    def attach_native(cls, model, kwargs: dict[str, Any], library: str, layers: list[str], dtype=None) -> str | None:
+        """Make `model` (its `layers` quantized by quantkit) a quantized model of `library`, as the library's own
+        loader leaves one: `config.quantization_config` (the library's config object), `hf_quantizer` (its own
+        quantizer class, pre_quantized=True), `is_quantized`, `quantization_method`; the backend adds its flags.
+
+        Returns:
+            None when `library` can save this model and reload it as it is; else why not (quantkit then makes its
+            `save_pretrained` refuse with that reason, and `quantkit.save_pipeline` writes quantkit's own format).
+        """
+        skip = cls.native_skip(model, layers, library)
+        reason = None
+        if skip is None or {n for n in cls._linears(model) if cls.native_converts(n, skip, library)} != set(layers):
+            reason = (f"{library}'s {cls.name} quantizer would convert other Linear layers than the {len(layers)} "
+                      "quantkit quantized (its modules_to_not_convert cannot name the layers kept in full precision)")
+            skip = skip or []
+        option = next((n for n in ("modules_to_not_convert", "llm_int8_skip_modules") if n in cls.options), None)
+        native_kwargs = {**kwargs, option: skip or None} if option else dict(kwargs)
+        config = cls.native_config(native_kwargs, library)
+        if config is None:
+            return reason or f"{library} has no quantization config for {cls.name}"
+        quantizer = cls.native_quantizer(config, library)
+        quantizer.modules_to_not_convert = list(skip or [])
+        if library == "diffusers":
+            model.register_to_config(quantization_config=config, _pre_quantization_dtype=dtype)
+        else:
+            model.config.quantization_config = config
+            model.config._is_quantized = True  # what transformers' postprocess_model marks
+        model.is_quantized = True
+        model.quantization_method = config.quant_method
+        model.hf_quantizer = quantizer
+        serializable = quantizer.is_serializable
+        if callable(serializable):  # a method in transformers, a property in diffusers
+            serializable = serializable()
+        if not serializable:
+            return reason or f"{library}'s {cls.name} quantizer cannot save a quantized model (is_serializable: False)"
+        return reason
+
+    @staticmethod
+    def _linears(model) -> list[str]:
+        import torch
+
+        return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+    @classmethod
+    def saved_tensors(cls, folder) -> tuple[dict[str, Any], dict[str, str]]:
+        """(every tensor, the file metadata) of a component folder saved in the library's own format: its
+        safetensors files, copied into torch-allocated memory (tensors of a memory-mapped file can sit at 8-byte
+        offsets, which torch's CPU int8 matmul `_weight_int8pack_mm` crashes on; it needs 16)."""
+        from safetensors import safe_open
+
+        from ..checkpoint import weight_files
+
+        tensors, metadata = {}, {}
+        for path in weight_files(folder):
+            with safe_open(str(path), framework="pt") as f:
+                metadata.update(f.metadata() or {})
+                for key in f.keys():
+                    tensors[key] = f.get_tensor(key).clone()
+        return tensors, metadata
+
+    @classmethod
+    def native_layer_meta(cls, tensors: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """For the tensors one Linear left in the library's saved state dict (local names): the `meta` that
+        `restore_linear` takes, or None when the layer was not quantized by this backend."""
+        return None
+
+    @classmethod
+    def restore_native(cls, model, kwargs: dict[str, Any], state: dict[str, Any], metadata: dict[str, str],
+                       device) -> list[str]:
+        """Put the quantized layers of a state dict in the library's own saved format into the meta-device `model`
+        (popping the tensors used from `state`); returns the names of the layers restored."""
+        import torch
+
+        restored = []
+        for name, module in list(model.named_modules()):
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            prefix = f"{name}."  # a Linear has no children: every key under its name is its own
+            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            meta = cls.native_layer_meta(own, kwargs) if own else None
+            if meta is None:
+                continue
+            for k in own:
+                state.pop(prefix + k)
+            model.set_submodule(name, cls.restore_linear(module, kwargs, own, meta, device))
+            restored.append(name)
+        return restored
+
+    @classmethod
+    def save_native_file(cls, model, folder, library: str):
+        """Write `model` in the backend's own file format into `folder` where the library has no saved format for
+        it (GGUF: a .gguf file diffusers' `from_single_file` loads); returns the file, or None (no such format)."""
+        return None
+
+    @classmethod
+    def lora_weight(cls, layer):
+        """The full-precision weight of a quantized `layer`, when quantkit merges a LoRA into it itself because
+        peft's layer for it cannot (peft adds to `weight.data`, which these layers do not take); None when peft
+        merges it (its bitsandbytes and torchao LoRA layers dequantize and requantize themselves)."""
+        return None
+
+    @classmethod
+    def lora_restorable(cls, layer) -> bool:
+        """Whether putting a quantized `layer`'s previous weight back undoes a LoRA merge exactly (False where the
+        layer keeps state beside its weight that a merge resets)."""
+        return True
+
+    @classmethod
+    def set_lora_weight(cls, layer, weight) -> None:
+        """Quantize `weight` (full precision, the layer's shape) back into `layer`, in place."""
+        raise NotImplementedError
+
+    @classmethod
+    def before_move(cls, model, device) -> None:
+        """Prepare `model`'s quantized layers for a move to `device` (e.g. undo a CPU-only weight layout)."""
+
+    @classmethod
+    def after_move(cls, model) -> None:
+        """After `model.to(...)`: move side tensors nn.Module.to does not see, so that they follow their weight."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import one_of
 from ..problems import Problem, ProblemKind
 from . import register
-from .base import Backend, Option, Weights, to_torch_dtype
+from .base import Backend, Option, Weights, dtype_name, to_torch_dtype
 from .gguf_files import (  # noqa: F401  (the file functions are part of this backend's public face)
     BLOCKS,
     MIXES,
@@ -45,7 +45,7 @@ class GGUF(Backend):
     name = "gguf"
     module = "gguf"
     pip_spec = "gguf>=0.10.0"
-    in_pipeline_config = False  # diffusers loads GGUF per component with from_single_file, never from a pipeline config
+    in_pipeline_config = False  # diffusers loads GGUF per component with from_single_file, not from a pipeline config
     keeps_fp32_modules = True  # T5 casts its `wo` input to the weight dtype, which for packed blocks is uint8
     bits = "llama.cpp block formats: Q8_0 ... Q4_0, K-quants Q6_K ... Q2_K and mixes (Q4_K_M ...)"
     options = {
@@ -234,6 +234,95 @@ class GGUF(Backend):
             new.bias = torch.nn.Parameter(tensors["bias"].to(device), requires_grad=False)
         return new
 
+
+    # -- first-class models ------------------------------------------------------------------------
+    SAVED_FILE = "diffusion_pytorch_model.gguf"  # what save_native_file writes into a diffusers component folder
+
+    @classmethod
+    def attach_native(cls, model, kwargs, library, layers, dtype=None):
+        """diffusers' own GGUF view (GGUFQuantizationConfig, GGUFQuantizer), which cannot save; transformers keeps
+        no GGUF-quantized models (its GGUF loader unpacks the blocks). Either way the library's save refuses, saying
+        what works: quantkit.save_pipeline writes a .gguf file for diffusers components (from_single_file loads it)
+        and quantkit's own format for transformers ones."""
+        compute = next((m.compute_dtype for m in model.modules() if hasattr(m, "compute_dtype")), None)
+        kwargs = {**kwargs, "compute_dtype": dtype_name(compute)} if compute is not None else kwargs
+        super().attach_native(model, kwargs, library, layers, dtype)
+        if library == "diffusers":
+            return ("diffusers cannot save GGUF models (it loads them with from_single_file only); "
+                    f"quantkit.save_pipeline(pipe, folder) writes this component as <component>/{cls.SAVED_FILE}, "
+                    "which quantkit.load_pipeline(folder) and Model.from_single_file(path, quantization_config="
+                    "GGUFQuantizationConfig(compute_dtype=...), config=folder, subfolder=<component>) load")
+        return ("transformers keeps no GGUF-quantized models (its GGUF loader unpacks the blocks); "
+                "quantkit.save_pipeline(pipe, folder) saves this component in quantkit's own format, which "
+                "quantkit.load_pipeline(folder) loads")
+
+    @classmethod
+    def save_native_file(cls, model, folder, library):
+        """A .gguf file of the whole component in its own tensor names: quantized Linear weights as their blocks,
+        every other tensor as F32 (the format quantkit writes from safetensors too)."""
+        if library != "diffusers":
+            return None
+        import os
+
+        import gguf
+
+        path = Path(folder) / cls.SAVED_FILE
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        writer = gguf.GGUFWriter(str(tmp), arch="quantkit")
+        writer.add_uint32("quantkit.format_version", 1)
+        try:
+            for key, tensor in model.state_dict(keep_vars=True).items():
+                if hasattr(tensor, "quant_type"):  # GGUFParameter: its bytes are the blocks
+                    writer.add_tensor(key, tensor.as_tensor().detach().cpu().numpy(), raw_dtype=tensor.quant_type)
+                else:
+                    writer.add_tensor(key, tensor.detach().float().cpu().contiguous().numpy())
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+    @classmethod
+    def saved_tensors(cls, folder):
+        """The tensors of the .gguf file `save_native_file` wrote (packed blocks as GGUFParameter, F32 as float32)."""
+        files = sorted(Path(folder).glob("*.gguf"))
+        if not files:
+            return super().saved_tensors(folder)
+        source = GGUFSource(files[0])
+        try:
+            return {k: source.get(k) for k in source.keys()}, {}
+        finally:
+            source.close()
+
+    @classmethod
+    def native_layer_meta(cls, tensors, kwargs):
+        weight = tensors.get("weight")
+        if not hasattr(weight, "quant_type"):
+            return None
+        compute = cls.resolved(kwargs)["compute_dtype"] or "float32"
+        return {"quant_type": int(weight.quant_type), "compute_dtype": compute}
+
+    @classmethod
+    def lora_weight(cls, layer):
+        """peft merges by `weight.data += delta`, which fails on packed blocks: quantkit dequantizes, adds and
+        writes the blocks again (same format)."""
+        from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+
+        weight = getattr(layer, "weight", None)
+        if not isinstance(weight, GGUFParameter):
+            return None
+        return dequantize_gguf_tensor(weight).reshape(layer.out_features, layer.in_features)
+
+    @classmethod
+    def set_lora_weight(cls, layer, weight):
+        from diffusers.quantizers.gguf.utils import GGUFParameter
+
+        packed = quantize_tensor(weight.detach(), layer.weight.quant_type.name)
+        layer.weight = GGUFParameter(packed.data.to(layer.weight.device), quant_type=packed.quant_type)
 
 
 

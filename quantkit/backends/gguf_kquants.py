@@ -86,6 +86,16 @@ import math
 import numpy as np
 
 from ..errors import did_you_mean, one_of
+from .gguf_kpack import (
+    _LOW_2_BITS,
+    _LOW_BIT,
+    _LOW_NIBBLES,
+    _bytes,
+    _pack_2bit,
+    _pack_bitplane,
+    _pack_nibbles,
+    _pack_scales_min_6bit,
+)
 
 QK_K = 256  # weights per super-block, every K-quant
 
@@ -496,48 +506,6 @@ def _symmetric_chunk(blocks: np.ndarray, quant_type: str, nneg: int, sc_lo: int,
 
 # Packing works on the codes viewed as uint64 words, 8 codes a word: a shift by up to 7 bits never carries a
 # code into its neighbour byte, because every field stays below 256 (e.g. a 2-bit code << 6 <= 192).
-_LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
-_LOW_2_BITS = np.uint64(0x0303030303030303)
-_LOW_BIT = np.uint64(0x0101010101010101)
-
-
-def _bytes(words: np.ndarray) -> np.ndarray:
-    """(C, ...) uint64 -> (C, n_bytes) uint8, little-endian, no copy."""
-    return np.ascontiguousarray(words).view(np.uint8).reshape(words.shape[0], -1)
-
-
-def _pack_2bit(w: np.ndarray) -> np.ndarray:
-    """(C, 32) words of codes 0..3 -> (C, 64) bytes: weight 128h + 32s + l in bits 2s of byte 32h + l."""
-    q = w.reshape(-1, 2, 4, 4)  # (C, h, s, 4 words = 32 weights l)
-    return _bytes(q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6))
-
-
-def _pack_nibbles(w: np.ndarray) -> np.ndarray:
-    """(C, 32) words of codes 0..15 -> (C, 128) bytes: weight 64c + l low nibble, 64c + 32 + l high nibble of
-    byte 32c + l."""
-    q = w.reshape(-1, 4, 2, 4)  # (C, c, half, 4 words)
-    return _bytes(q[:, :, 0] | (q[:, :, 1] << 4))
-
-
-def _pack_bitplane(w: np.ndarray) -> np.ndarray:
-    """(C, 32) words of bits 0/1 -> (C, 32) bytes: bit j of byte l is weight 32j + l."""
-    q = w.reshape(-1, 8, 4)  # (C, j, 4 words)
-    out = q[:, 0].copy()
-    for j in range(1, 8):
-        out |= q[:, j] << j
-    return _bytes(out)
-
-
-def _pack_scales_min_6bit(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Eight 6-bit scales and eight 6-bit mins (C, 8) uint8 -> the 12 bytes of Q4_K/Q5_K, (C, 12)."""
-    sc, m = sc.T, m.T  # (8, C) views: every operation below runs along C, not along 4 bytes
-    out = np.empty((12, sc.shape[1]), dtype=np.uint8)
-    out[0:4] = sc[:4] | ((sc[4:] >> 4) << 6)
-    out[4:8] = m[:4] | ((m[4:] >> 4) << 6)
-    out[8:12] = (sc[4:] & 0x0F) | ((m[4:] & 0x0F) << 4)
-    return out.T
-
-
 def _zero_if_empty(packed: np.ndarray, d: np.ndarray) -> np.ndarray:
     """All-zero bytes for super-blocks with d == 0 (all weights 0), as ggml writes them; they decode the same."""
     packed[d == 0] = 0

@@ -101,7 +101,8 @@ class CompareSettings:
         if self.num_inference_steps is not None:
             self.num_inference_steps = _int("num_inference_steps", self.num_inference_steps, 1, 10_000)
         if self.call_kwargs is not None and not isinstance(self.call_kwargs, dict):
-            raise TypeError(f"call_kwargs must be a dict of pipeline call arguments, got {type(self.call_kwargs).__name__}.")
+            raise TypeError(f"call_kwargs must be a dict of pipeline call arguments, got "
+                            f"{type(self.call_kwargs).__name__}.")
         call_kwargs = dict(self.call_kwargs or {})
         try:
             json.dumps(call_kwargs, allow_nan=False)
@@ -186,7 +187,7 @@ RECORD_FIELDS = ("variant", "config", "status", "error", "error_type", "quantiza
                  "load_s", "latency_s", "peak_load_rss", "peak_gen_rss", "rss_start", "peak_load_cuda_allocated",
                  "peak_load_cuda_reserved", "peak_gen_cuda_allocated", "peak_gen_cuda_reserved", "psnr", "psnr_min",
                  "ssim", "ssim_min", "lpips", "clip_score", "adherence", "identical", "latency_samples_s",
-                 "component_bytes", "notes")
+                 "component_bytes", "notes", "offload", "compile")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ..config import PipelineQuantizationConfig
 from ..files import atomic_write_text
 from .settings import Job
 from .store import IMAGES_DIR, jsonable
+from .variants import split_config
 
 
 def worker_main(job: Job, messages, lifeline) -> None:
@@ -92,6 +93,7 @@ def run_variant(job: Job, send) -> dict:
     import numpy as np
 
     from ..load import load_pipeline
+    from ..load.offload import apply_compile, check_compile
     from ..measure.environment import environment
     from ..measure.footprint import footprint
     from ..measure.latency import time_calls
@@ -110,11 +112,16 @@ def run_variant(job: Job, send) -> dict:
     meters = {}
     try:
         record["environment"] = environment(device)
-        config = PipelineQuantizationConfig.from_dict(job.config) if job.config is not None else None
+        quant, offload, compile = split_config(job.config)
+        record.update(offload=offload, compile=compile)
+        config = PipelineQuantizationConfig.from_dict(quant) if quant is not None else None
         send("loading")
         t = time.perf_counter()
         with track_peak("load", device) as meters["load"]:
-            pipe = load_pipeline(job.source, config, torch_dtype=job.torch_dtype, device=device, progress=False)
+            pipe = load_pipeline(job.source, config, torch_dtype=job.torch_dtype, device=device, progress=False,
+                                 offload=offload)
+            if compile is not None:  # compiled lazily: the warm-up calls pay for it, the timed ones do not
+                record["compiled_with"] = apply_compile(pipe, check_compile(compile, device))
         timings["load_s"] = record["load_s"] = time.perf_counter() - t
         record["rss_after_load"] = current_rss()
         fp = footprint(pipe)
@@ -125,7 +132,8 @@ def run_variant(job: Job, send) -> dict:
         record["component_bytes"] = {n: int(b) for n, b in fp["bytes"].items() if n != "total"}
         plan = pipe.quantkit_plan
         labels = {n: c.quantization for n, c in plan.components.items() if c.spec is not None}
-        record["quantization"] = describe(labels)
+        record["quantization"] = describe(labels) + "".join(
+            f" + {what}" for what in (offload and f"{offload} offload", compile and f"compile ({compile})") if what)
         record["component_quantization"] = labels
         pipe.set_progress_bar_config(disable=True)
         kwargs = dict(job.call_kwargs)
@@ -214,7 +222,7 @@ def run_sensitivity(job: Job, send) -> dict:
     from ..measure.sensitivity import layer_sensitivity
 
     t = time.perf_counter()
-    config = PipelineQuantizationConfig.from_dict(job.config)
+    config = PipelineQuantizationConfig.from_dict(split_config(job.config)[0])
     send("per-layer error")
     try:
         result = layer_sensitivity(job.source, config, job.component, prompts=job.prompts[:1], seeds=job.seeds[:1],

@@ -14,14 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import numel, read_headers
-from ..config import PipelineQuantizationConfig, QuantSpec
+from ..config import PipelineQuantizationConfig, QuantSpec, as_spec
 from ..devices import default_device, parse_device
 from ..dtypes import COMPUTE_BYTES, COMPUTE_DTYPES, FLOAT_CODES, SAFETENSORS, dtype_name
 from ..errors import did_you_mean, one_of
 from .layers import decide_layers
 from .model import ComponentPlan, Loader, LoadPlan
-from .sources import MODEL_LIBRARIES, component_headers, meta_model, read_json, read_model_index, resolve_source
-from .sources import weightless
+from .sources import (
+    MODEL_LIBRARIES,
+    component_headers,
+    meta_model,
+    read_json,
+    read_model_index,
+    resolve_source,
+    weightless,
+)
 
 
 def plan(
@@ -71,7 +78,9 @@ def plan(
     configs_only = weightless(folder) is not None
     models = [n for n, (lib, _) in index.items() if lib in MODEL_LIBRARIES
               and ((folder / n / "config.json").is_file() if configs_only else _has_weights(folder / n))]
-    headers_of = {n: component_headers(folder, n) for n in models}
+    # a component saved as a .gguf file (save_pipeline) has no safetensors: its plan is read from the file's config
+    headers_of = {n: component_headers(folder, n) if configs_only or any((folder / n).glob("*.safetensors")) else {}
+                  for n in models}
     dtype = dtype_given or checkpoint_dtype(folder, models, headers_of)
 
     if config is not None:
@@ -102,7 +111,7 @@ def plan(
             c.bytes_before = sum(_tensor_bytes(code, shape, dtype) for code, shape in headers.values())
             c.bytes_after = c.bytes_before
             c.spec = config.spec_for(name, models) if config is not None else None
-            saved = saved_spec(c.folder)
+            saved = saved_spec(c.folder, library)
             if saved is not None:
                 if c.spec is not None:
                     raise ValueError(
@@ -156,11 +165,12 @@ def checkpoint_dtype(folder: Path, models: list[str], headers_of: dict | None = 
     return SAFETENSORS[max(weight, key=weight.get)][0] if weight else None
 
 
-def saved_spec(folder: Path) -> QuantSpec | None:
-    """The QuantSpec of a component folder written by quantkit.save_pipeline (None for ordinary folders)."""
+def saved_spec(folder: Path, library: str | None = None) -> QuantSpec | None:
+    """The QuantSpec of a saved quantized component folder (None for ordinary folders): one written by
+    quantkit.save_pipeline in quantkit's format, or in the library's own (`quantization_config` in config.json)."""
     path = folder / "quantkit_quantization.json"
     if not path.is_file():
-        return None
+        return _native_saved_spec(folder, library)
     info = read_json(path, "a component saved by quantkit.save_pipeline")
     try:
         return QuantSpec.from_dict(info["quant"])
@@ -171,8 +181,28 @@ def saved_spec(folder: Path) -> QuantSpec | None:
         ) from None
 
 
+def _native_saved_spec(folder: Path, library: str | None) -> QuantSpec | None:
+    """The QuantSpec of a `quantization_config` in the component's config.json (what a quantized save_pretrained
+    writes), via the library's own config class; None without one."""
+    config = folder / "config.json"
+    data = read_json(config, "a model component").get("quantization_config") if config.is_file() else None
+    if not data:
+        return None
+    if library == "diffusers":
+        from diffusers.quantizers.auto import DiffusersAutoQuantizer as Auto  # from_dict gives the config
+    else:
+        from transformers.quantizers.auto import AutoQuantizationConfig as Auto
+    try:
+        native = Auto.from_dict(dict(data))
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"{config} has a quantization_config that {library} cannot read ({type(err).__name__}: {err})."
+        ) from None
+    return as_spec(native, folder.name)
+
+
 def _has_weights(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("*.gguf"))
 
 
 def _tensor_bytes(code: str, shape: tuple[int, ...], dtype: str | None) -> int:

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from ..comparison.pareto import pareto_front  # noqa: F401  (re-exported: the plots draw this front)
-
 from ..units import MiB, human_bytes
 
 _PALETTE = [
