@@ -306,6 +306,18 @@ def _fit_frame_class():
             def _repr_html_(self):
                 return self.styled().to_html()
 
+            def __repr__(self) -> str:
+                """Every row, the columns that decide: candidate, static and predicted peak (GiB), fits, slowdown."""
+                from ..units import text_table
+
+                budget = self.attrs.get("budget_bytes")
+                head = f"fit: usable memory {budget / GIB:.2f} GiB" + (
+                    f" ({self.attrs['gpu']})" if self.attrs.get("gpu") else "") if budget else "fit"
+                rows = [[r.candidate, f"{r.static_bytes / GIB:.1f}", f"{r.peak_bytes / GIB:.1f}",
+                         "yes" if r.fits else "no", r.problem or r.slowdown] for r in self.itertuples()]
+                headers = ["candidate", "static GiB", "predicted peak GiB", "fits", "slowdown / problem"]
+                return head + "\n" + text_table(headers, rows)
+
         _CLASS = FitFrame
     return _CLASS
 
