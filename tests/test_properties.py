@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,8 +33,9 @@ scalars = st.one_of(
 )
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.text(max_size=8), inner, max_size=4), max_leaves=12)
-python_only = st.one_of(st.tuples(scalars), st.builds(object), st.binary(max_size=4), st.sets(st.integers(), max_size=2),
-                        st.just(float("inf")), st.just(math.nan), st.builds(lambda: __import__("pathlib").Path("p")))
+python_only = st.one_of(st.tuples(scalars), st.builds(object), st.binary(max_size=4),
+                        st.sets(st.integers(), max_size=2), st.just(float("inf")), st.just(math.nan),
+                        st.builds(lambda: Path("p")))
 anything = st.one_of(json_values, python_only)
 
 option_names = st.sampled_from(sorted({n for a in REGISTRY.values() for n in [*a.options, *a.flags]} | {
@@ -86,7 +88,7 @@ def test_from_json_raises_only_documented_errors(text):
         assert str(err)
 
 
-# -- valid configs round-trip ------------------------------------------------------------------------------------------
+# -- valid configs round-trip -----------------------------------------------------------------------------------
 
 
 def _valid_kwargs(adapter) -> st.SearchStrategy:

@@ -21,6 +21,7 @@ from ..config import PipelineQuantizationConfig
 from ..devices import check_device
 from ..dtypes import to_torch_dtype
 from ..planning import ComponentPlan, Loader, LoadPlan, plan
+from ..planning.checks import check_classes
 from ..planning.sources import model_class
 from .allocator import allocator_tuning
 from .restore import restore_component
@@ -59,9 +60,14 @@ def load_pipeline(
         RuntimeError: a config that needs CUDA on a CPU target (naming CPU alternatives), or a device this
             machine does not have.
     """
+    if device is not None:
+        check_device(device)  # a device this machine lacks is a RuntimeError before anything is read
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {type(progress).__name__} {progress!r}.")
     p = plan(source, config, device=device, torch_dtype=torch_dtype)
     p.check()
     check_device(p.device)
+    check_classes(p.pipeline_class, {n: (c.library, c.class_name) for n, c in p.components.items()})
     tuning = allocator_tuning(malloc_tuning, p.device)
     dtype = to_torch_dtype(p.torch_dtype)
     loaded: dict[str, Any] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 
 EMBEDDED_PIPELINE = Path(__file__).resolve().parent.parent / "embedded" / "tiny-flux-shapes"
@@ -21,9 +22,17 @@ def resolve_source(source: str | Path | None) -> Path:
     """A local pipeline folder for `source`: None = the embedded pipeline; a hub id is downloaded.
 
     Raises:
-        ValueError: a folder that is not a pipeline (no model_index.json).
+        TypeError: a source that is not a string, a Path or None.
+        ValueError: a folder that is not a pipeline (no model_index.json), an empty string.
         FileNotFoundError: neither a folder nor a hub id.
     """
+    if source is not None and not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            f"source must be a pipeline folder (str or Path), a hub id such as 'black-forest-labs/FLUX.1-dev', or "
+            f"None for the embedded pipeline; got {type(source).__name__} {str(source)[:60]!r}."
+        )
+    if isinstance(source, str) and not source.strip():
+        raise ValueError("source='' names no pipeline: pass a folder, a hub id, or None for the embedded pipeline.")
     if source is None:
         if not (EMBEDDED_PIPELINE / "model_index.json").is_file():
             raise FileNotFoundError(
@@ -92,9 +101,11 @@ def read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; {what} needs it. Save the pipeline again with save_pretrained().")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); {what} needs a JSON object there.") from None
+    except OSError as err:
+        raise PermissionError(f"Cannot read {path} ({err.strerror}); {what} needs it.") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; {what} needs a JSON object.")
     return data
