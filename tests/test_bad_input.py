@@ -324,3 +324,103 @@ def test_a_damaged_saved_folder_is_explained_before_restoring(saved_dir, tmp_pat
         qk.plan(folder)
     weights.write_bytes(good_weights)
     assert qk.plan(folder).components["transformer"].loader is qk.planning.Loader.RESTORE
+
+
+# -- the GGUF cache verifies what it trusts -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gguf_cache(tmp_path, monkeypatch):
+    """A cache folder of this test's own (no file another test wrote is picked up)."""
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "gguf"
+
+
+def _cached(flux_dir, folder=None):
+    from quantkit.backends.gguf_files import component_file
+
+    folder = folder or flux_dir / "transformer"
+    layers = qk.plan(flux_dir, PipelineQuantizationConfig(quant_mapping={"transformer": QuantSpec("gguf")}),
+                     device="cpu").components["transformer"].quantized_layers
+    return component_file(folder, {"quant_type": "Q8_0"}, [f"{n}.weight" for n in layers])
+
+
+def test_a_cached_gguf_file_has_a_record_and_damage_is_rewritten(flux_dir, gguf_cache):
+    from quantkit.backends.gguf_files import file_digest, record_path
+
+    path = _cached(flux_dir)
+    record = json.loads(record_path(path).read_text())
+    good = path.read_bytes()
+    assert record["file"] == {"size": len(good), "mtime_ns": path.stat().st_mtime_ns, "sha256": file_digest(path)}
+    assert len(record["source"]["sha256"]) == 64 and record["source"]["files"][0]["file"].endswith(".safetensors")
+
+    middle = len(good) // 2  # random bytes in the middle: was loaded, and drew an all-NaN image
+    path.write_bytes(good[:middle] + bytes(range(256)) * 4 + good[middle + 1024:])
+    with pytest.warns(UserWarning, match=r"Rewriting the cached GGUF file .*: its bytes changed since it was written"):
+        assert _cached(flux_dir) == path
+    assert path.read_bytes() == good
+
+    path.write_bytes(good[: len(good) // 3])  # truncated: was reported, and never rewritten
+    with pytest.warns(UserWarning, match="it is truncated or overwritten"):
+        _cached(flux_dir)
+    assert path.read_bytes() == good
+
+    record_path(path).unlink()  # a file without a record: what it was made from is unknown
+    with pytest.warns(UserWarning, match="its record .* is missing"):
+        _cached(flux_dir)
+    assert record_path(path).is_file() and path.read_bytes() == good
+
+
+def test_a_touched_source_is_hashed_again_and_a_changed_one_rewritten(flux_dir, gguf_cache, tmp_path, monkeypatch):
+    import os
+    import warnings
+
+    from quantkit.backends import gguf_files
+
+    folder = tmp_path / "transformer"
+    shutil.copytree(flux_dir / "transformer", folder)
+    path = _cached(flux_dir, folder)
+    weights = next(folder.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # touched, same bytes
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the file was written again although its source did not change")
+
+    with monkeypatch.context() as m, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.setattr(gguf_files, "write_gguf", refuse)
+        assert _cached(flux_dir, folder) == path
+    data = bytearray(weights.read_bytes())  # retrained: same size, other bytes
+    data[-64:] = bytes(64)
+    weights.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=f"the source weights in {folder} changed since it was written"):
+        assert _cached(flux_dir, folder) == path
+
+
+def test_temporary_files_of_dead_writers_are_removed(flux_dir, gguf_cache):
+    import os
+    import subprocess
+
+    gguf_cache.mkdir(parents=True)
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # its pid is free now: the writer that left this file is gone
+    dead = gguf_cache / f"transformer-Q8_0-0123.gguf.tmp{ended.pid}"
+    dead.write_bytes(b"half a file")
+    alive = gguf_cache / f"transformer-Q8_0-0123.gguf.tmp{os.getpid()}"
+    alive.write_bytes(b"being written")
+    _cached(flux_dir)
+    assert not dead.exists() and alive.exists()
+
+
+def test_a_users_gguf_file_is_reported_with_its_path_never_rewritten(flux_dir, gguf_cache, tmp_path):
+    path = _cached(flux_dir)
+    mine = tmp_path / "mine.gguf"
+    mine.write_bytes(path.read_bytes()[: path.stat().st_size - 4096])
+    config = PipelineQuantizationConfig(quant_mapping={"transformer": QuantSpec("gguf", gguf_file=mine)})
+    with pytest.raises(ValueError) as info:
+        qk.load_pipeline(flux_dir, config, device="cpu", progress=False)
+    assert str(mine) in str(info.value) and "truncated" in str(info.value)
+    assert mine.stat().st_size == path.stat().st_size - 4096  # not touched
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        qk.plan(flux_dir, PipelineQuantizationConfig(quant_mapping={"transformer": QuantSpec(
+            "gguf", gguf_file=tmp_path / "nowhere.gguf")}), device="cpu")
