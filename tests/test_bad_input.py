@@ -424,3 +424,203 @@ def test_a_users_gguf_file_is_reported_with_its_path_never_rewritten(flux_dir, g
     with pytest.raises(FileNotFoundError, match="does not exist"):
         qk.plan(flux_dir, PipelineQuantizationConfig(quant_mapping={"transformer": QuantSpec(
             "gguf", gguf_file=tmp_path / "nowhere.gguf")}), device="cpu")
+
+
+# -- compare and its command line -----------------------------------------------------------------------------------
+
+FAST = {"prompts": ["a red circle"], "seeds": [0], "warmup": 0, "repeats": 1, "num_inference_steps": 2,
+        "report": False, "progress": False, "use_lpips": False}
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--steps", "0"], "argument --steps: 0 is out of range: use from 1 to 10000"),
+        (["--steps", "two"], "argument --steps: 'two' is not a whole number"),
+        (["--keep-sensitive", "-1"], "argument --keep-sensitive: -1 is out of range: use 0 or more"),
+        (["--seeds", "-1"], "argument --seeds: -1 is out of range"),
+        (["--seeds", str(2**63)], "argument --seeds: 9223372036854775808 is out of range"),
+        (["--repeats", "0"], "argument --repeats: 0 is out of range"),
+        (["--timeout", "nan"], "argument --timeout: 'nan' must be a finite number of seconds > 0"),
+        (["--timeout", "-3"], "must be a finite number of seconds > 0"),
+        (["--prompts", " "], "argument --prompts: an empty prompt draws nothing"),
+        (["--call-kwargs", "[1]"], "argument --call-kwargs: '[1]' is a JSON list; pass an object"),
+        (["--call-kwargs", '{"true_cfg_scale": NaN}'], "NaN is not JSON"),
+        (["--device", "gpu"], "argument --device: device='gpu' is not a device name"),
+        (["--variants", "nowhere.json"], "argument --variants: 'nowhere.json' does not exist"),
+        (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_bad_command_line_values_are_usage_errors(argv, words, capsys):
+    from quantkit.cli import USAGE, main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", *argv])
+    assert exit_.value.code == USAGE == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: quantkit compare") and words in err
+
+
+def test_an_empty_prompts_file_is_refused_not_replaced_by_the_defaults(tmp_path, capsys):
+    from quantkit.cli import _parser, main
+
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "--prompts-file", str(empty)])
+    assert exit_.value.code == 2 and "has no prompts (it is empty or blank)" in capsys.readouterr().err
+    empty.write_text("a red circle\n\n a blue square \n")
+    args = _parser().parse_args(["compare", "--prompts", "x", "--prompts-file", str(empty)])
+    assert args.prompts + args.prompts_file == ["x", "a red circle", "a blue square"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "words"),
+    [
+        ("v.json", '{"x": {"quant_mapping": ["transformer"]}}', "Variant 'x' in "),  # was: a full traceback
+        ("v.json", '{"x": {"quant_backend": "quanto", "quant_kwargs": "int8"}}', "quant_kwargs must be a dict"),
+        ("v.yaml", "x: [unclosed\n  - y: {", "is not valid YAML"),
+        ("v.json", b"\xff\xfe{}", "is not UTF-8 text"),
+        ("v.json", "[]", "must hold a non-empty mapping"),
+    ],
+    ids=["list-mapping", "string-kwargs", "bad-yaml", "not-utf8", "list"],
+)
+def test_a_bad_variants_file_is_one_line_and_exit_1(flux_dir, tmp_path, capsys, name, text, words):
+    from quantkit.cli import CANNOT_RUN, main
+
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["compare", str(flux_dir), "--variants", str(path), "--out", str(tmp_path / "o")]) == CANNOT_RUN
+    err = capsys.readouterr().err
+    assert err.startswith("quantkit compare: error: ") and words in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("variants", "options", "error", "words"),
+    [
+        ({"typo": PipelineQuantizationConfig(quant_mapping={"transformer": QuantSpec(
+            "quanto", modules_to_not_convert=["proj_ot"])})}, {}, ValueError,
+         "Variant 'typo': modules_to_not_convert entry 'proj_ot' names no module of transformer"),
+        ({"t5": PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
+                                           components_to_quantize=["text_encoder_3"])}, {}, ValueError,
+         "Variant 't5': Component 'text_encoder_3' is not in this FluxPipeline"),
+        ({"q8": QUANTO}, {"sensitivity": "q9"}, ValueError, "sensitivity='q9' names no variant. Did you mean 'q8'?"),
+        ({"q8": QUANTO}, {"sensitivity": "baseline"}, ValueError, "is the unquantized baseline"),
+        ({"q8": QUANTO}, {"sensitivity": "q8", "sensitivity_component": "vae"}, ValueError,
+         "sensitivity_component='vae' is not quantized by variant 'q8'"),
+        ({"q8": QUANTO}, {"keep_sensitive": 2}, ValueError, "keep_sensitive=2 keeps the most sensitive layers"),
+        ({"q8": QUANTO}, {"call_kwargs": {"output_type": "pil"}}, ValueError, "sets what compare sets itself"),
+        ({"q8": QUANTO}, {"call_kwargs": {"num_inference_steps": 0}}, ValueError,
+         "call_kwargs['num_inference_steps']=0 is out of range"),
+        ({"q8": QUANTO}, {"call_kwargs": {"x": float("nan")}}, TypeError, "call_kwargs must be JSON-able"),
+        ({"q8": QUANTO}, {"start_method": "threads"}, ValueError, "start_method='threads' is not available here"),
+        ({"q8": QUANTO}, {"prompts": "a red circle"}, TypeError, "for one prompt write prompts=['a red circle']"),
+    ],
+    ids=["skip-typo", "no-component", "no-variant", "baseline", "not-quantized", "keep-without-study",
+         "reserved-kwarg", "steps-in-kwargs", "nan-kwarg", "start-method", "prompt-string"],
+)
+def test_compare_refuses_before_a_folder_or_a_worker(flux_dir, tmp_path, variants, options, error, words):
+    out = tmp_path / "never-made"
+    with pytest.raises(error) as info:
+        qk.compare(flux_dir, {"baseline": None, **variants}, out=out, **{**FAST, **options})
+    assert words in str(info.value)
+    assert not out.exists()
+
+
+def test_compare_on_a_device_this_machine_lacks_exits_1_and_makes_no_folder(flux_dir, tmp_path, capsys):
+    import torch
+
+    from quantkit.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "never-made"
+    assert main(["compare", str(flux_dir), "--device", "cuda:1", "--out", str(out), "-q"]) == 1
+    assert "device='cuda:1' needs a CUDA GPU" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_out_that_cannot_be_written_is_a_clear_error(flux_dir, tmp_path):
+    import os
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        qk.compare(flux_dir, {"baseline": None}, out=tmp_path / "file" / "deeper", **FAST)
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match="pass a folder you can write to"):
+        qk.compare(flux_dir, {"baseline": None}, out=locked / "out", **FAST)
+
+
+def test_failed_variants_exit_3_say_why_and_when_retry_failed_helps(flux_dir, tmp_path, capsys, monkeypatch):
+    from quantkit.backends import get_backend
+    from quantkit.cli import VARIANTS_FAILED, main
+    from quantkit.comparison import append_record
+    from quantkit.comparison.variants import config_dict, variants_to_dict
+
+    out = tmp_path / "out"
+    variants = tmp_path / "v.json"
+    variants.write_text(json.dumps(variants_to_dict({"baseline": None, "q8": QUANTO})))
+    argv = ["compare", str(flux_dir), "--out", str(out), "--variants", str(variants), "--prompts", "a red circle",
+            "--seeds", "0", "--steps", "2", "--warmup", "0", "--repeats", "1", "--sensitivity", "none",
+            "--no-lpips", "-q"]
+    qk.compare(flux_dir, {"baseline": None}, out=out, **{**FAST, "report": True})
+    # as if q8 had run while optimum-quanto was missing: its record says ImportError (the MISSING_PACKAGE kind)
+    error = "ImportError: Cannot quantize 'transformer': package 'optimum.quanto' is not installed."
+    append_record(out, {"variant": "q8", "config": config_dict(QUANTO), "status": "error", "error_type": "ImportError",
+                        "error": error})
+    assert main(argv) == VARIANTS_FAILED  # a rerun skips it, says so, and says that --retry-failed may help now
+    err = capsys.readouterr().err
+    assert "warning: Variant 'q8' is recorded as failed" in err
+    assert "1 of 2 variants failed:\n  q8: ImportError: Cannot quantize 'transformer'" in err
+    assert "the package it missed is installed now: run the same command with --retry-failed" in err
+    assert (out / "report.md").is_file()
+
+    monkeypatch.setattr(get_backend("quanto"), "module", "quantkit_no_such_package")  # still missing: no hint
+    assert main(argv) == VARIANTS_FAILED
+    err = capsys.readouterr().err
+    assert "q8: ImportError" in err and "--retry-failed" not in err
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the helper processes")
+def test_the_fork_server_exits_at_once_when_compare_is_killed(flux_dir, tmp_path):
+    """Killed while the fork server still imports the stack, it lingered for 28 s (4.9 s when idle); now < 1 s."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "quantkit", "compare", str(flux_dir), "--out", str(tmp_path / "out"),
+               "--prompts", "a red circle", "--seeds", "0", "--sensitivity", "none", "--no-report", "-q"]
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, deadline = None, time.time() + 120
+    while server is None and time.time() < deadline and proc.poll() is None:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == proc.pid and b"forkserver" in (
+                        stat.parent / "cmdline").read_bytes():
+                    server = int(stat.parent.name)
+            except (OSError, ValueError, IndexError):
+                continue
+        time.sleep(0.05)
+    assert server is not None, "no fork server started"
+    time.sleep(1.0)  # importing torch and diffusers by now
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = time.time()
+    while time.time() - killed < 10 and Path(f"/proc/{server}").exists():
+        try:
+            if Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        except OSError:
+            break
+        time.sleep(0.05)
+    lingered = time.time() - killed
+    if Path(f"/proc/{server}").exists():
+        os.kill(server, signal.SIGKILL)
+    assert lingered < 3, f"the fork server outlived its parent by {lingered:.1f} s"
