@@ -139,3 +139,48 @@ def test_valid_configs_round_trip(config):
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c} in {text}"))
     assert PipelineQuantizationConfig.from_json(text) == config
     assert PipelineQuantizationConfig.from_json(text).to_dict() == config.to_dict()
+
+
+# -- the command line -------------------------------------------------------------------------------------------------
+
+_FILES = Path(__import__("tempfile").mkdtemp(prefix="quantkit-cli-props-"))
+(_FILES / "prompts.txt").write_text("a red circle\n\na blue square\n")
+(_FILES / "empty.txt").write_text("\n \n")
+(_FILES / "variants.json").write_text('{"baseline": null}')
+
+OPTIONS = ["--out", "-o", "--variants", "--print-variants", "--prompts", "--prompts-file", "--seeds", "--steps",
+           "--call-kwargs", "--device", "--dtype", "--warmup", "--repeats", "--sensitivity", "--sensitivity-component",
+           "--keep-sensitive", "--retry-failed", "--strict", "--timeout", "--clip-model", "--no-lpips", "--no-report",
+           "-q", "--quiet", "--bogus", "-x"]
+VALUES = st.one_of(
+    st.integers(min_value=-(2**65), max_value=2**65).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["nan", "inf", "-inf", "0", "1", "-1", "1e400", "0x10", "", " ", "cpu", "cuda", "cuda:1", "gpu",
+                     "mps", "CUDA:0", "float32", "bf16", "auto", "none", "{}", "[]", '{"a": 1}', '{"a": NaN}',
+                     '{"num_inference_steps": 0}', '{"output_type": "pil"}', "null", str(_FILES / "prompts.txt"),
+                     str(_FILES / "empty.txt"), str(_FILES / "variants.json"), str(_FILES), "nowhere.txt"]),
+    st.text(max_size=10),
+)
+TOKENS = st.one_of(st.sampled_from(OPTIONS), VALUES)
+_PARSER = []  # built once: parse_args does not change it
+
+
+@PROPERTY
+@given(st.lists(TOKENS, max_size=8))
+def test_the_parser_accepts_cleanly_or_exits_2_and_settings_take_what_it_accepts(argv):
+    import contextlib
+    import io
+
+    from quantkit.cli import _parser, compare_options
+    from quantkit.comparison import CompareSettings
+
+    parser = _PARSER[0] if _PARSER else _PARSER.append(_parser()) or _PARSER[0]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            args = parser.parse_args(["compare", *argv])
+    except SystemExit as exit_:
+        assert exit_.code == 2, f"exit {exit_.code} for {argv}"
+        assert "error: " in err.getvalue()  # argparse names the argument and why
+        return
+    CompareSettings.from_options(**compare_options(args))  # whatever the parser lets through, settings accept
