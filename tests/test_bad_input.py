@@ -624,3 +624,46 @@ def test_the_fork_server_exits_at_once_when_compare_is_killed(flux_dir, tmp_path
     if Path(f"/proc/{server}").exists():
         os.kill(server, signal.SIGKILL)
     assert lingered < 3, f"the fork server outlived its parent by {lingered:.1f} s"
+
+
+# -- the widgets' setters -----------------------------------------------------------------------------------------
+
+
+def test_widget_setters_refuse_what_they_cannot_show(flux_dir):
+    pytest.importorskip("ipywidgets")
+    from quantkit.show.widgets import CompareDashboard, ConfigBuilder, LayerInspector
+
+    b = ConfigBuilder(flux_dir, device="cpu")
+    with pytest.raises(TypeError, match="ConfigBuilder shows a quantkit PipelineQuantizationConfig, got dict"):
+        b.value = {"quant_backend": "quanto"}
+    with pytest.raises(ValueError, match="names 'transformr', which is not a model component.*Did you mean "
+                                         "'transformer'"):  # was: dropped from the controls without a word
+        b.value = PipelineQuantizationConfig(quant_mapping={"transformr": QuantSpec("quanto")})
+    with pytest.raises(ValueError, match="device='gpu' is not a device name"):
+        b.simple.set_device("gpu")
+    with pytest.raises(TypeError, match="The options of backend 'quanto' must be a dict"):
+        b.simple.set("quanto", ["weights_dtype"])
+    with pytest.raises(ValueError, match="Unknown quant_backend 'quantoo'"):
+        b.simple.set("quantoo")
+
+    li = LayerInspector(flux_dir, QUANTO, device="cpu", analyze=False)
+    with pytest.raises(TypeError, match=r"for one layer write \['proj_out'\]"):  # was: eight one-letter names
+        li.keep = "proj_out"
+    with pytest.raises(TypeError, match="keep takes a list of layer names, got int"):
+        li.set_keep(3)
+    with pytest.raises(ValueError, match="Not among the ranked layers shown"):
+        li.set_keep(["proj_out"])
+    with pytest.raises(ValueError, match=r"keep_worst\(n=-1\): n is how many"):  # was: all but the last one
+        li.keep_worst(-1)
+    with pytest.raises(TypeError, match="keep_worst takes a whole number"):
+        li.keep_worst(True)
+
+    d = CompareDashboard(flux_dir, {"q8": QUANTO})
+    with pytest.raises(TypeError, match="A variant name is a string"):
+        d.add(3, None)
+    with pytest.raises(ValueError, match="A variant needs a name"):
+        d.add(" ", None)
+    with pytest.raises(TypeError, match="expected a PipelineQuantizationConfig, a ConfigBuilder or None"):
+        d.add("x", {"quant_backend": "quanto"})
+    with pytest.raises(ValueError, match="No variant 'q9' to remove. Did you mean 'q8'"):
+        d.remove("q9")
