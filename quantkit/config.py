@@ -333,12 +333,27 @@ class PipelineQuantizationConfig:
 
     @classmethod
     def from_diffusers(cls, config) -> PipelineQuantizationConfig:
-        """A quantkit config from a `diffusers.PipelineQuantizationConfig`."""
-        if getattr(config, "quant_mapping", None):
-            return cls(quant_mapping={name: as_spec(value, name) for name, value in config.quant_mapping.items()})
+        """A quantkit config from a `diffusers.PipelineQuantizationConfig`.
+
+        Raises:
+            TypeError: `config` is not a diffusers PipelineQuantizationConfig (a quantkit one is returned as is).
+        """
+        if isinstance(config, PipelineQuantizationConfig):
+            return config
+        if not all(hasattr(config, a) for a in ("quant_backend", "quant_kwargs", "quant_mapping")) or isinstance(
+                config, type):
+            raise TypeError(
+                f"from_diffusers takes a diffusers.PipelineQuantizationConfig, got {type(config).__name__} "
+                f"{_short(config)}; for a dict use from_dict()."
+            )
+        mapping = config.quant_mapping
+        if mapping:
+            if not isinstance(mapping, Mapping):
+                raise TypeError(f"The diffusers config's quant_mapping is a {type(mapping).__name__}, not a dict.")
+            return cls(quant_mapping={name: as_spec(value, name) for name, value in mapping.items()})
         return cls(
             quant_backend=config.quant_backend,
-            quant_kwargs=dict(config.quant_kwargs),
+            quant_kwargs=config.quant_kwargs,
             components_to_quantize=config.components_to_quantize,
         )
 

@@ -154,6 +154,9 @@ class CompareSettings:
     @classmethod
     def from_options(cls, base: CompareSettings | None = None, **options) -> CompareSettings:
         """`base` (or the defaults) with `options` replaced; an unknown option is a TypeError with the nearest."""
+        if base is not None and not isinstance(base, CompareSettings):
+            raise TypeError(f"settings must be a CompareSettings (or None), got {type(base).__name__} {base!r:.60}; "
+                            "pass single settings as keyword arguments, e.g. compare(..., seeds=[0]).")
         names = [f.name for f in fields(cls)]
         unknown = [k for k in options if k not in names]
         if unknown:
