@@ -7,9 +7,9 @@ sets, objects, types, functions, paths that do not exist, device and dtype look-
 
 - the documented exceptions: ValueError / TypeError (arguments), ImportError, RuntimeError (hardware), and the
   OSError family for paths (FileNotFoundError, NotADirectoryError, PermissionError, ...);
-- raised by quantkit itself: the last frame of the traceback is in quantkit/, so a library's raw error passing
-  through (pathlib's TypeError, json's JSONDecodeError, a KeyError from a lookup table) fails the test even when its
-  type is on the list;
+- raised by quantkit itself: the last frame of the traceback is a `raise` statement in quantkit/, so a library's
+  raw error passing through (pathlib's TypeError, json's JSONDecodeError) or a builtin's (dict("ab"), int(x)) fails
+  the test even when its type is on the list;
 - never AttributeError, KeyError, IndexError, AssertionError (not on the list).
 
 Where valid arguments would start real work (loading weights, starting workers), that step is replaced by one that
@@ -76,6 +76,9 @@ def documented(fn, *args, **kwargs) -> str:
         assert str(err).strip(), f"{type(err).__name__} without a message"
         assert str(Path(where.filename).resolve()).startswith(PACKAGE), (
             f"raw {type(err).__name__} from {where.filename}:{where.lineno} (not raised by quantkit): {err}"
+        )
+        assert (where.line or "").lstrip().startswith("raise"), (  # not a builtin's error (dict("ab"), int(x) ...)
+            f"raw {type(err).__name__} at {where.filename}:{where.lineno} ({where.line!r}), not a raise: {err}"
         )
         outcome = type(err).__name__
     else:

@@ -212,8 +212,11 @@ class CompareDashboard(View):
         """Remove a variant (the reference stays while other variants need it).
 
         Raises:
+            TypeError: a name that is not a string.
             ValueError: no variant has that name (listing those that do).
         """
+        if not isinstance(name, str):
+            raise TypeError(f"A variant name is a string such as 'quanto-int8', got {type(name).__name__} {name!r}.")
         if name not in self.variants:
             from ...errors import did_you_mean
 
