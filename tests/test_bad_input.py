@@ -232,7 +232,8 @@ def test_unknown_classes_are_refused_before_loading(flux_dir, tmp_path):
     with pytest.raises(ValueError, match="has no class 'FluxPipelin'"):
         qk.load_pipeline(folder, device="cpu", progress=False)
     (folder / "model_index.json").write_text(json.dumps({**index, "vae": ["diffusers_nope", "AutoencoderKL"]}))
-    with pytest.raises(ValueError, match="names the library 'diffusers_nope', which is not installed"):
+    with pytest.raises(ImportError, match="names the library 'diffusers_nope', which is not installed. Install it "
+                                          "with: pip install 'diffusers_nope'"):
         qk.load_pipeline(folder, device="cpu", progress=False)
 
 

@@ -140,14 +140,19 @@ def model_class(library: str, class_name: str):
     """The class `library.class_name` (diffusers, transformers, or another importable library).
 
     Raises:
-        ValueError: the library or the class does not exist here, naming both and the installed versions' fix.
+        ImportError: the library is not installed (with the pip command; or the entry is misspelt).
+        ValueError: not a module name, or the library has no such class (naming the installed version's fix).
     """
+    if not isinstance(library, str) or not library.isidentifier() and not all(
+            part.isidentifier() for part in library.split(".")):
+        raise ValueError(f"model_index.json names the library {library!r}, which is not a module name; fix the entry "
+                         "(e.g. ['diffusers', 'AutoencoderKL']).")
     try:
         module = importlib.import_module(library)
     except ImportError:
-        raise ValueError(
-            f"model_index.json names the library {library!r}, which is not installed; install it "
-            f"(pip install '{library}') or fix the entry."
+        raise ImportError(
+            f"model_index.json names the library {library!r}, which is not installed. Install it with: pip install "
+            f"'{library}' (or fix the entry if it is misspelt).", name=library
         ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
