@@ -65,7 +65,16 @@ def check_components(folder: Path, index: dict[str, tuple[str, str]]) -> None:
             )
 
 
+_CHECKED: set[tuple[str, int, int]] = set()  # (path, size, mtime) of JSON files found good in this process
+
+
 def _check_json(file: Path, what: str) -> None:
+    """`file` parses as JSON (a config or index file: as an object). A file found good once is not parsed again
+    while its size and mtime stay the same (a T5 tokenizer.json is 2 MB; the widgets plan at every click)."""
+    st = file.stat()
+    key = (str(file), st.st_size, st.st_mtime_ns)
+    if key in _CHECKED:
+        return
     try:
         data = json.loads(file.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -80,6 +89,7 @@ def _check_json(file: Path, what: str) -> None:
             f"{file} holds a JSON {type(data).__name__}, not an object; {what} needs a JSON object there. "
             "Restore the file from the original pipeline."
         )
+    _CHECKED.add(key)
 
 
 def _expects_weights(path: Path, library: str) -> bool:
