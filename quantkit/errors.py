@@ -50,6 +50,24 @@ def is_importable(module: str) -> bool:
         return False
 
 
+def user_path(value, what: str):
+    """`Path(value).expanduser()`, with a `~name` for a user this machine does not know as a ValueError naming it.
+
+    Args:
+        value: a str or os.PathLike.
+        what: the argument's name, e.g. "source" or "out".
+    """
+    from pathlib import Path
+
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        raise ValueError(
+            f"{what}={str(value)!r} starts with '~' but names no user this machine knows (nor the home folder); "
+            "write the full path."
+        ) from None
+
+
 def require_package(module: str, pip_spec: str, purpose: str, extra: str | None = None) -> None:
     """Raise ImportError with the exact (quoted) pip command when `module` cannot be imported.
 

@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import one_of
+from ..errors import one_of, user_path
 
 # quant type -> (weights per block, bytes per block), as gguf.GGML_QUANT_SIZES has them
 BLOCKS = {
@@ -377,7 +377,7 @@ def component_file(folder: Path, kwargs: dict[str, Any], quantize: list[str], *,
 
     r = GGUF.resolved(kwargs)
     if r["gguf_file"]:
-        path = Path(r["gguf_file"]).expanduser()
+        path = user_path(r["gguf_file"], "gguf_file")
         if path.is_dir():
             raise IsADirectoryError(f"gguf_file={r['gguf_file']!r} is a folder; pass the .gguf file itself.")
         read_gguf(path)  # not ours: what is wrong with it is reported with its path, never rewritten

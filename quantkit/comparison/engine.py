@@ -219,11 +219,13 @@ def _output_folder(out) -> tuple[Path, bool]:
     import errno
     import tempfile
 
+    from ..errors import user_path
+
     if out is None:
         return Path(tempfile.mkdtemp(prefix="quantkit-compare-")), True
     if not isinstance(out, str | Path) or (isinstance(out, str) and not out.strip()):
         raise TypeError(f"out must be a folder path (str or Path), got {type(out).__name__} {out!r}.")
-    folder = Path(out).expanduser()
+    folder = user_path(out, "out")
     blocking = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         where = "is a file" if blocking == folder else f"is inside {blocking}, which is a file"

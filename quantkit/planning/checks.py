@@ -22,6 +22,7 @@ from typing import Any
 
 from ..checkpoint import numel, parse_header, weight_files
 from ..dtypes import code_info
+from ..errors import user_path
 
 # files that mark a component folder as something other than a model (tokenizer, scheduler, image processor)
 NOT_A_MODEL = ("tokenizer_config.json", "scheduler_config.json", "preprocessor_config.json")
@@ -265,7 +266,7 @@ def check_save_target(folder: Any) -> Path:
         raise TypeError(
             f"The folder to save into must be a path (str or Path), got {type(folder).__name__} {folder!r}."
         )
-    path = Path(folder).expanduser()
+    path = user_path(folder, "folder")
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} is a file; pass a new folder to save the pipeline into.")
     if path.is_dir() and any(path.iterdir()):

@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import user_path
+
 EMBEDDED_PIPELINE = Path(__file__).resolve().parent.parent / "embedded" / "tiny-flux-shapes"
 """Folder of the tiny FLUX-layout pipeline quantkit ships and uses when no source is given."""
 
@@ -40,7 +42,7 @@ def resolve_source(source: str | Path | None) -> Path:
                 "(pip install -e . from the repository), or pass a pipeline folder as the source."
             )
         source = EMBEDDED_PIPELINE
-    path = Path(source).expanduser()
+    path = user_path(source, "source")
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             hint = (
