@@ -30,14 +30,16 @@ backend. What an adapter provides:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
 from ..dtypes import COMPUTE_DTYPES as DTYPES
 from ..dtypes import dtype_name, to_torch_dtype  # noqa: F401  (the adapters import them from here)
-from ..errors import did_you_mean, one_of, require_package
+from ..errors import BACKENDS_EXTRA, did_you_mean, one_of, require_package
 from ..problems import Problem, missing_package
 
 
@@ -101,16 +103,26 @@ class Backend:
         """Validate user kwargs and return them in canonical spelling, defaults left out.
 
         Raises:
-            ValueError: unknown option (with the valid ones and the nearest), bad choice.
-            TypeError: a value of the wrong type.
+            ValueError: unknown option (with the valid ones and the nearest), bad choice, a number that is not finite.
+            TypeError: kwargs that are not a dict with string keys, a value of the wrong type.
         """
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(
+                f"The options of backend {cls.name!r} must be a dict such as {{{next(iter(cls.options))!r}: ...}}, "
+                f"got {type(kwargs).__name__} {_short(kwargs)}."
+            )
         alias_to_name = {alias: name for name, opt in cls.options.items() for alias in opt.aliases}
         out: dict[str, Any] = {}
         for key, value in dict(kwargs).items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"Option names of backend {cls.name!r} are strings, got {type(key).__name__} {key!r}. "
+                    f"Valid options: {', '.join(sorted([*cls.options, *cls.flags]))}."
+                )
             if key in cls.flags:
-                if value != cls.flags[key]:
+                if not isinstance(value, bool) or value != cls.flags[key]:
                     raise ValueError(
-                        f"{key}={value!r} contradicts quant_backend={cls.name!r}; "
+                        f"{key}={_short(value)} contradicts quant_backend={cls.name!r}; "
                         f"drop it or set {key}={cls.flags[key]!r}."
                     )
                 continue
@@ -139,27 +151,51 @@ class Backend:
             return dtype_name(value)
         if opt.kind == "bool":
             if not isinstance(value, bool):
-                raise TypeError(f"Option {name!r} of backend {cls.name!r} takes True or False, got {value!r}.")
+                raise TypeError(f"Option {name!r} of backend {cls.name!r} takes True or False, got {_short(value)}.")
             return value
         if opt.kind == "float":
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"Option {name!r} of backend {cls.name!r} takes a number, got {value!r}.")
+                raise TypeError(f"Option {name!r} of backend {cls.name!r} takes a number, got {_short(value)}.")
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"{name}={value!r} is not a finite number; backend {cls.name!r} needs one such as "
+                    f"{name}={opt.default!r} (the default)."
+                )
             return float(value)
         if opt.kind == "list":
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
                 raise TypeError(
-                    f"Option {name!r} of backend {cls.name!r} takes a list of module names, got {value!r}."
+                    f"Option {name!r} of backend {cls.name!r} takes a list of module names such as "
+                    f"['proj_out'], got {_short(value)}."
+                )
+            if not all(v.strip() for v in value):
+                raise ValueError(
+                    f"Option {name!r} of backend {cls.name!r} got an empty module name in {value!r}; "
+                    "name each module, e.g. ['proj_out']."
                 )
             return list(value)
         if opt.kind == "path":
-            return str(value)
-        if opt.choices is not None and value not in opt.choices:
-            raise ValueError(
-                f"{name}={value!r} is not supported by backend {cls.name!r}."
-                f"{did_you_mean(value, opt.choices)} Use one of {one_of(opt.choices)}."
-            )
+            if not isinstance(value, str | os.PathLike):
+                raise TypeError(
+                    f"Option {name!r} of backend {cls.name!r} takes a file path (str or Path), got {_short(value)}."
+                )
+            path = os.fspath(value)
+            if not isinstance(path, str) or not path.strip():
+                raise ValueError(f"Option {name!r} of backend {cls.name!r} got an empty path; name the file.")
+            return path
+        if opt.choices is not None:
+            if all(isinstance(c, str) for c in opt.choices) and not isinstance(value, str):
+                raise TypeError(
+                    f"Option {name!r} of backend {cls.name!r} takes one of {one_of(opt.choices)}, "
+                    f"got {type(value).__name__} {_short(value)}."
+                )
+            if value not in opt.choices:
+                raise ValueError(
+                    f"{name}={value!r} is not supported by backend {cls.name!r}."
+                    f"{did_you_mean(value, opt.choices)} Use one of {one_of(opt.choices)}."
+                )
         return value
 
     @classmethod
@@ -214,7 +250,7 @@ class Backend:
     # -- availability ------------------------------------------------------------------------
     @classmethod
     def require(cls) -> None:
-        require_package(cls.module, cls.pip_spec, f"The {cls.name!r} backend")
+        require_package(cls.module, cls.pip_spec, f"The {cls.name!r} backend", BACKENDS_EXTRA)
 
     @classmethod
     def package_problem(cls) -> Problem | None:
@@ -222,7 +258,7 @@ class Backend:
         try:
             cls.require()
         except ImportError:
-            return missing_package(cls.module, cls.pip_spec, f"the {cls.name!r} backend")
+            return missing_package(cls.module, cls.pip_spec, f"the {cls.name!r} backend", extra=BACKENDS_EXTRA)
         return None
 
     @classmethod
@@ -457,3 +493,8 @@ class Backend:
     @classmethod
     def after_move(cls, model) -> None:
         """After `model.to(...)`: move side tensors nn.Module.to does not see, so that they follow their weight."""
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters (an error message quotes what was given, not a megabyte of it)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

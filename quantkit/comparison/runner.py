@@ -26,8 +26,10 @@ from .store import IMAGES_DIR, SENSITIVITY_DIR, WORK_DIR, jsonable
 from .variants import config_dict, slug
 
 # Modules every worker has imported before it starts (see context): the whole stack, every backend included,
-# so that no variant's memory includes importing its library and every worker starts equally large.
-PRELOAD = ["numpy", "torch", "safetensors", "diffusers", "transformers", "diffusers.pipelines.flux.pipeline_flux",
+# so that no variant's memory includes importing its library and every worker starts equally large. The lifeline
+# comes first: the server exits as soon as its parent is gone, even while it is still importing the rest.
+PRELOAD = ["quantkit.comparison.lifeline",
+           "numpy", "torch", "safetensors", "diffusers", "transformers", "diffusers.pipelines.flux.pipeline_flux",
            "diffusers.models.transformers.transformer_flux", "diffusers.models.autoencoders.autoencoder_kl",
            "transformers.models.t5.modeling_t5", "transformers.models.clip.modeling_clip", "optimum.quanto",
            "torchao.quantization", "bitsandbytes", "gguf", "diffusers.quantizers.gguf.utils", "skimage.metrics",

@@ -21,6 +21,7 @@ from ..config import PipelineQuantizationConfig
 from ..devices import check_device
 from ..dtypes import dtype_kwargs, to_torch_dtype
 from ..planning import ComponentPlan, Loader, LoadPlan, plan
+from ..planning.checks import check_classes
 from ..planning.sources import model_class, resolve_source, weightless
 from .allocator import allocator_tuning
 from .lora import fuse_into, fused_weights, read_deltas
@@ -73,6 +74,10 @@ def load_pipeline(
         RuntimeError: a config that needs CUDA on a CPU target (naming CPU alternatives), or a device this
             machine does not have, or an offload mode without CUDA.
     """
+    if device is not None:
+        check_device(device)  # a device this machine lacks is a RuntimeError before anything is read
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {type(progress).__name__} {progress!r}.")
     folder = resolve_source(source, weights=True)  # a hub id is downloaded here, not taken from the catalog
     hub_id = weightless(folder)
     if hub_id is not None:
@@ -84,6 +89,7 @@ def load_pipeline(
     p.source = str(source) if source is not None else "the embedded pipeline"
     p.check()
     check_device(p.device)
+    check_classes(p.pipeline_class, {n: (c.library, c.class_name) for n, c in p.components.items()})
     check_offload(offload, p.device)
     pipeline_cls = model_class("diffusers", p.pipeline_class)
     deltas = read_deltas(pipeline_cls, lora, p) if lora is not None else {}

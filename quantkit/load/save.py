@@ -67,12 +67,13 @@ def save_pipeline(
     """
     from safetensors.torch import save_file
 
+    from ..planning.checks import check_pipeline_object, check_save_target
+
     if format not in FORMATS:
         raise ValueError(f"format={format!r}: use 'native' (the library's format where it exists) or 'quantkit'.")
+    check_pipeline_object(pipe, "save_pipeline()")
     _check_no_adapters(pipe)
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder} exists and is not empty; pass a new folder or delete it first.")
+    folder = check_save_target(folder)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -153,7 +153,8 @@ class LoadPlan:
         ValueError otherwise)."""
         for c in self.components.values():
             if c.issue is not None:
-                raise c.issue.error(f"Cannot quantize {c.name!r} ({c.class_name}) with {c.quantization} on {self.device}")
+                subject = f"Cannot quantize {c.name!r} ({c.class_name}) with {c.quantization} on {self.device}"
+                raise c.issue.error(subject)
 
     def to_frame(self):
         """pandas DataFrame indexed by component: library, class, quantization, layers, bytes before/after."""
@@ -187,7 +188,8 @@ class LoadPlan:
             layers = f"{len(c.quantized_layers)}/{c.layers_total}" if c.spec else "-"
             status = "ok" if c.supported else f"NO: {c.problem}"
             size = f"{human_bytes(c.bytes_before)} -> {human_bytes(c.bytes_after)}" if c.is_model else "-"
-            rows.append([c.name, c.class_name, c.quantization, layers, size, str(c.loader) if c.is_model else "-", status])
+            loader = str(c.loader) if c.is_model else "-"
+            rows.append([c.name, c.class_name, c.quantization, layers, size, loader, status])
         return rows
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ from ..config import PipelineQuantizationConfig, QuantSpec, as_spec
 from ..devices import default_device, parse_device
 from ..dtypes import COMPUTE_BYTES, COMPUTE_DTYPES, FLOAT_CODES, SAFETENSORS, dtype_name
 from ..errors import did_you_mean, one_of
+from .checks import SAVED_CONFIG, check_components, check_saved_component, check_skip_names, check_weight_files
 from .layers import decide_layers
 from .model import ComponentPlan, Loader, LoadPlan
 from .sources import (
@@ -63,7 +64,12 @@ def plan(
         (`problems()`); `load_pipeline` raises for them before loading anything.
 
     Raises:
-        ValueError: a component named in the config that the pipeline does not have, or that is not a model.
+        TypeError: an argument of the wrong type (a config that is not a quantkit config, a device that is not a
+            string ...).
+        ValueError: a component named in the config that the pipeline does not have, or that is not a model; a
+            `modules_to_not_convert` entry that names no module (with the nearest names); a malformed file in the
+            pipeline folder (naming it).
+        FileNotFoundError / NotADirectoryError: a component folder or weights file missing (naming it).
     """
     if config is not None and not isinstance(config, PipelineQuantizationConfig):
         raise TypeError(
@@ -76,11 +82,16 @@ def plan(
     folder = resolve_source(source, weights=False)
     pipeline_class, index = read_model_index(folder)
     configs_only = weightless(folder) is not None
+    if not configs_only:  # a folder of published configs has no weights to check
+        check_components(folder, index)
     models = [n for n, (lib, _) in index.items() if lib in MODEL_LIBRARIES
               and ((folder / n / "config.json").is_file() if configs_only else _has_weights(folder / n))]
     # a component saved as a .gguf file (save_pipeline) has no safetensors: its plan is read from the file's config
-    headers_of = {n: component_headers(folder, n) if configs_only or any((folder / n).glob("*.safetensors")) else {}
-                  for n in models}
+    has_safetensors = {n: not configs_only and any((folder / n).glob("*.safetensors")) for n in models}
+    for name in models:
+        if has_safetensors[name]:
+            check_weight_files(folder / name)
+    headers_of = {n: component_headers(folder, n) if configs_only or has_safetensors[n] else {} for n in models}
     dtype = dtype_given or checkpoint_dtype(folder, models, headers_of)
 
     if config is not None:
@@ -97,6 +108,7 @@ def plan(
                 )
 
     components = {}
+    module_names: dict[str, list[str]] = {}  # component -> its module names, from the meta model built for the plan
     for name, (library, class_name) in index.items():
         c = ComponentPlan(
             name=name,
@@ -121,8 +133,10 @@ def plan(
                 c.spec, c.loader = saved, Loader.RESTORE
                 c.config = None
             elif c.spec is not None:
-                _plan_quantized(c, headers, dtype, device)
+                module_names[name] = _plan_quantized(c, headers, dtype, device)
         components[name] = c
+    if config is not None:
+        _check_skip_lists(config, components, module_names)
     result = LoadPlan(
         source=str(source) if source is not None else "the embedded pipeline",
         folder=folder,
@@ -168,17 +182,9 @@ def checkpoint_dtype(folder: Path, models: list[str], headers_of: dict | None = 
 def saved_spec(folder: Path, library: str | None = None) -> QuantSpec | None:
     """The QuantSpec of a saved quantized component folder (None for ordinary folders): one written by
     quantkit.save_pipeline in quantkit's format, or in the library's own (`quantization_config` in config.json)."""
-    path = folder / "quantkit_quantization.json"
-    if not path.is_file():
+    if not (folder / SAVED_CONFIG).is_file():
         return _native_saved_spec(folder, library)
-    info = read_json(path, "a component saved by quantkit.save_pipeline")
-    try:
-        return QuantSpec.from_dict(info["quant"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(
-            f"{path} is damaged ({type(err).__name__}: {err}); it should hold {{'quant': {{'backend': ...}}, "
-            "'layers': {...}}. Save the pipeline again."
-        ) from None
+    return check_saved_component(folder)["spec"]
 
 
 def _native_saved_spec(folder: Path, library: str | None) -> QuantSpec | None:
@@ -210,12 +216,34 @@ def _tensor_bytes(code: str, shape: tuple[int, ...], dtype: str | None) -> int:
     return numel(shape) * per
 
 
-def _plan_quantized(c: ComponentPlan, headers: dict, dtype: str | None, device: str) -> None:
-    """Fill the quantization part of a component plan: config object, loader, layers, bytes, problems."""
+def _check_skip_lists(config: PipelineQuantizationConfig, components: dict, module_names: dict) -> None:
+    """Every `modules_to_not_convert` entry names a module of a component its spec applies to (the simple form's
+    one spec applies to all its components together: an entry may name a module of any of them)."""
+    groups: dict[int, list[str]] = {}
+    for name, c in components.items():
+        if c.spec is not None and c.loader is not Loader.RESTORE:
+            groups.setdefault(id(c.spec), []).append(name)
+    for names in groups.values():
+        spec = components[names[0]].spec
+        wanted = spec.adapter.skip_modules(spec.kwargs)
+        if not wanted:
+            continue
+        for name in names:
+            if name not in module_names:  # its plan stopped early (a missing package): the tree is still known
+                c = components[name]
+                module_names[name] = [n for n, _ in meta_model(c.library, c.class_name, c.folder).named_modules()]
+        option = next(o for o in ("modules_to_not_convert", "llm_int8_skip_modules") if o in spec.adapter.options)
+        check_skip_names(option, wanted, {n: module_names[n] for n in names})
+
+
+def _plan_quantized(c: ComponentPlan, headers: dict, dtype: str | None, device: str) -> list[str] | None:
+    """Fill the quantization part of a component plan: config object, loader, layers, bytes, problems.
+
+    Returns the model's module names (None when the plan stopped before building it)."""
     adapter = c.spec.adapter
     c.issue = adapter.package_problem()
     if c.issue is not None:
-        return
+        return None
     c.issue = adapter.device_problem(c.spec.kwargs, device)
     c.config = adapter.native_config(c.spec.kwargs, c.library)
     model = meta_model(c.library, c.class_name, c.folder)
@@ -231,7 +259,9 @@ def _plan_quantized(c: ComponentPlan, headers: dict, dtype: str | None, device: 
         dtype_bytes = per or SAFETENSORS[code][1]
         c.layer_types[layer] = adapter.layer_quantization(c.spec.kwargs, layer, m.out_features, m.in_features)
         c.bytes_after += adapter.weight_bytes(c.spec.kwargs, m.out_features, m.in_features, dtype_bytes, layer) - before
-    del model
+    names = [n for n, _ in modules.items()]
+    del model, modules
+    return names
 
 
 __all__ = ["checkpoint_dtype", "plan", "saved_spec"]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
+
+from ..errors import user_path
 
 EMBEDDED_PIPELINE = Path(__file__).resolve().parent.parent / "embedded" / "tiny-flux-shapes"
 """Folder of the tiny FLUX-layout pipeline quantkit ships and uses when no source is given."""
@@ -28,9 +31,17 @@ def resolve_source(source: str | Path | None, *, weights: bool = True) -> Path:
             read from the safetensors headers by range requests).
 
     Raises:
-        ValueError: a folder that is not a pipeline (no model_index.json).
+        TypeError: a source that is not a string, a Path or None.
+        ValueError: a folder that is not a pipeline (no model_index.json), an empty string.
         FileNotFoundError: neither a folder nor a hub id.
     """
+    if source is not None and not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            f"source must be a pipeline folder (str or Path), a hub id such as 'black-forest-labs/FLUX.1-dev', or "
+            f"None for the embedded pipeline; got {type(source).__name__} {str(source)[:60]!r}."
+        )
+    if isinstance(source, str) and not source.strip():
+        raise ValueError("source='' names no pipeline: pass a folder, a hub id, or None for the embedded pipeline.")
     if source is None:
         if not (EMBEDDED_PIPELINE / "model_index.json").is_file():
             raise FileNotFoundError(
@@ -38,7 +49,7 @@ def resolve_source(source: str | Path | None, *, weights: bool = True) -> Path:
                 "(pip install -e . from the repository), or pass a pipeline folder as the source."
             )
         source = EMBEDDED_PIPELINE
-    path = Path(source).expanduser()
+    path = user_path(source, "source")
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             hint = (
@@ -139,9 +150,11 @@ def read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; {what} needs it. Save the pipeline again with save_pretrained().")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); {what} needs a JSON object there.") from None
+    except OSError as err:
+        raise PermissionError(f"Cannot read {path} ({err.strerror}); {what} needs it.") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; {what} needs a JSON object.")
     return data
@@ -176,14 +189,19 @@ def model_class(library: str, class_name: str):
     """The class `library.class_name` (diffusers, transformers, or another importable library).
 
     Raises:
-        ValueError: the library or the class does not exist here, naming both and the installed versions' fix.
+        ImportError: the library is not installed (with the pip command; or the entry is misspelt).
+        ValueError: not a module name, or the library has no such class (naming the installed version's fix).
     """
+    if not isinstance(library, str) or not library.isidentifier() and not all(
+            part.isidentifier() for part in library.split(".")):
+        raise ValueError(f"model_index.json names the library {library!r}, which is not a module name; fix the entry "
+                         "(e.g. ['diffusers', 'AutoencoderKL']).")
     try:
         module = importlib.import_module(library)
     except ImportError:
-        raise ValueError(
-            f"model_index.json names the library {library!r}, which is not installed; install it "
-            f"(pip install '{library}') or fix the entry."
+        raise ImportError(
+            f"model_index.json names the library {library!r}, which is not installed. Install it with: pip install "
+            f"'{library}' (or fix the entry if it is misspelt).", name=library
         ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
