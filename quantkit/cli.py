@@ -1,8 +1,13 @@
-"""The `quantkit` command. One subcommand so far:
+"""The `quantkit` command:
 
     quantkit compare [SOURCE] --out DIR      memory, speed and quality of quantization variants, side by side
+    quantkit plan [SOURCE] --backend B       what a quantized load will do, per component, before any weight is read
+    quantkit fit [SOURCE] --gpu T4           which configs fit a GPU, by their predicted peak
+    quantkit footprint FOLDER                true bytes per component of a (saved) pipeline
+    quantkit backends                        each backend, its package and version, what runs on this machine
 
-Run `quantkit compare --help` for its options. `python -m quantkit ...` is the same command.
+Run `quantkit VERB --help` for a verb's options; `--json` prints the table as JSON. `python -m quantkit ...` is the
+same command.
 """
 
 from __future__ import annotations
@@ -178,7 +183,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="CLIP model on disk for the CLIP score (default: skipped; nothing is downloaded)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS even when its weights are on disk")
     p.add_argument("--no-report", action="store_true", help="write results.jsonl and images only")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="run only these variants (and the baseline), by name; see --print-variants")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _verbs(sub)
     return parser
 
 
@@ -224,6 +232,8 @@ def compare_command(args) -> int:
         print(json.dumps(variants_to_dict(default_variants(args.source)), indent=2))
         return OK
     variants = _read_variants(args.variants) if args.variants is not None else None
+    if args.only:
+        variants = _only(variants if variants is not None else default_variants(args.source), args.only)
     t0 = time.perf_counter()
     options = compare_options(args)
     with _warnings_to_stderr():
@@ -258,6 +268,100 @@ class _warnings_to_stderr:
         warnings.showwarning = self._show
 
 
+def _only(variants: dict, names: list[str]) -> dict:
+    """The variants named by --only (the baseline always stays); an unknown name is a ValueError with the nearest."""
+    from .errors import did_you_mean
+
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        raise ValueError(f"--only names {unknown[0]!r}, which is not a variant.{did_you_mean(unknown[0], variants)} "
+                         f"Variants: {', '.join(variants)}.")
+    return {n: c for n, c in variants.items() if c is None or n in names}
+
+
+def _quiet_third_party() -> None:
+    """In the command's own process only: drop import-time notes of third-party libraries that say nothing about
+    the run (torchao's missing optional CUDA kernels on a CPU build, torch's pytree notes, bitsandbytes' optional
+    kernel package, transformers' image-processor fallback, diffusers' torch_dtype deprecation from inside
+    transformers). A user's own Python process is never changed."""
+    import logging
+    import warnings
+
+    for name in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops", "torchao.kernel.intmm"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*`torch_dtype` is deprecated.*", category=FutureWarning)
+    try:
+        import transformers.utils.logging as tl
+
+        tl.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def _verbs(sub) -> None:
+    """The plan, fit, footprint and backends verbs (their work is in quantkit.cli_verbs)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("plan", help="what a quantized load will do, per component, before any weight is read",
+                       formatter_class=fmt, epilog=PLAN_EPILOG)
+    p.add_argument("source", nargs="?", default=None, metavar="SOURCE",
+                   help="pipeline folder or hub id; published pipelines of quantkit's catalog plan offline")
+    _config_arguments(p)
+    p.add_argument("--device", type=device_name, help="the device to plan for (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="dtype of the unquantized tensors")
+    p.add_argument("--height", type=whole_number(1, 65536), metavar="PX", help="also predict the peak at this size")
+    p.add_argument("--width", type=whole_number(1, 65536), metavar="PX", help="(default: the height)")
+    p.add_argument("--offload", choices=["model", "group", "sequential"], help="the offload mode the peak assumes")
+    p.add_argument("--layers", metavar="COMPONENT", help="also list every Linear layer of COMPONENT and its decision")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = sub.add_parser("fit", help="which configs fit a GPU, by their predicted peak", formatter_class=fmt,
+                       epilog=FIT_EPILOG)
+    p.add_argument("source", nargs="?", default=None, metavar="SOURCE", help="pipeline folder or catalog hub id")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--gpu", metavar="NAME", help="a known GPU: T4, L4, A10G, A100-40GB, H100, RTX4090, ...")
+    budget.add_argument("--memory", metavar="SIZE", help="usable GPU memory, e.g. 15GiB or 16GB")
+    p.add_argument("--height", type=whole_number(1, 65536), default=1024, metavar="PX", help="(default: 1024)")
+    p.add_argument("--width", type=whole_number(1, 65536), metavar="PX", help="(default: the height)")
+    p.add_argument("--num-images", type=whole_number(1, 64), default=1, metavar="N", help="(default: 1)")
+    p.add_argument("--top", type=whole_number(1), metavar="N", help="print only the first N candidates")
+    p.add_argument("--json", action="store_true", help="print the candidates as JSON")
+
+    p = sub.add_parser("footprint", help="true bytes per component of a pipeline folder (it is loaded)",
+                       formatter_class=fmt)
+    p.add_argument("folder", metavar="FOLDER", help="a pipeline folder (e.g. one written by save_pipeline)")
+    p.add_argument("--device", type=device_name, default="cpu", help="where to load it (default: cpu)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+
+    p = sub.add_parser("backends", help="each backend, its package and version, what runs on this machine",
+                       formatter_class=fmt)
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+
+
+def _config_arguments(p) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--backend", metavar="NAME", help="quant_backend of the simple form (see `quantkit backends`)")
+    group.add_argument("--config", type=existing_file, metavar="FILE",
+                       help="a PipelineQuantizationConfig as JSON (what config.to_json() writes)")
+    p.add_argument("--kwargs", type=json_object, default=None, metavar="JSON",
+                   help='the backend\'s quant_kwargs as JSON, e.g. \'{"weights_dtype": "int8"}\'')
+    p.add_argument("--components", nargs="+", metavar="NAME",
+                   help="components_to_quantize (default: the denoiser and the T5 encoders)")
+
+
+PLAN_EPILOG = """\
+examples:
+  quantkit plan --backend quanto --kwargs '{"weights_dtype": "int8"}'        the embedded pipeline
+  quantkit plan black-forest-labs/FLUX.1-dev --backend bitsandbytes_4bit --device cuda --dtype bfloat16 --height 1024
+  quantkit plan path/to/pipeline --config my-config.json --json
+"""
+
+FIT_EPILOG = """\
+examples:
+  quantkit fit black-forest-labs/FLUX.1-dev --gpu T4 --top 5
+  quantkit fit stabilityai/stable-diffusion-3.5-large --memory 16GiB --height 1024 --json
+"""
+
+
 def _one_line(text) -> str:
     return " ".join(str(text).split())
 
@@ -271,9 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     but some variants failed (listed with why, and whether --retry-failed may help now); 130: interrupted.
     """
     args = _parser().parse_args(argv)
+    _quiet_third_party()
     try:
         if args.command == "compare":
             return compare_command(args)
+        from .cli_verbs import VERBS
+
+        return VERBS[args.command](args)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished variants are in {getattr(args, 'out', '.')}; run the same command again "
               "to resume.", file=sys.stderr)

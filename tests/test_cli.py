@@ -179,3 +179,58 @@ def test_the_main_job_with_its_defaults_runs_every_variant(tmp_path):
     # the 2-minute target is checked by benchmarks/bench_compare.py, which prints per-stage figures; a timed
     # assertion here would fail on a loaded machine, so the wall time is only reported
     print(f"quantkit compare with defaults took {wall:.0f} s")
+
+
+# -- the other verbs -----------------------------------------------------------------------------------------------
+
+
+def _run(*argv):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "quantkit", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_plan_verb_prints_the_plan_and_json():
+    done = _run("plan", "--backend", "quanto", "--kwargs", '{"weights_dtype": "int8"}', "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LoadPlan for FluxPipeline from the embedded pipeline on cpu" in done.stdout
+    assert "quanto int8" in done.stdout and "Failed to load" not in done.stderr  # third-party noise filtered
+    data = json.loads(_run("plan", "--backend", "gguf", "--kwargs", '{"quant_type": "Q4_0"}', "--device", "cpu",
+                           "--json", "--layers", "transformer").stdout)
+    assert {c["component"]: c["quantization"] for c in data["components"]}["transformer"] == "gguf Q4_0"
+    assert data["bytes_after"] < data["bytes_before"] and data["layers"][0]["status"] == "quantized"
+
+
+def test_plan_verb_errors_are_one_line_with_exit_1():
+    done = _run("plan", "--backend", "quantoo")
+    assert done.returncode == 1
+    assert "quantkit plan: error: Unknown quant_backend 'quantoo'. Did you mean 'quanto'?" in done.stderr
+
+
+def test_fit_verb_for_a_t4(tmp_path):
+    done = _run("fit", "black-forest-labs/FLUX.1-dev", "--gpu", "T4", "--top", "3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fit: usable memory 14.45 GiB (T4)" in done.stdout and "yes" in done.stdout
+    rows = json.loads(_run("fit", "black-forest-labs/FLUX.1-dev", "--memory", "80GiB", "--json").stdout)
+    assert rows[0]["fits"] is True and {"candidate", "peak_bytes", "slowdown"} <= set(rows[0])
+    assert _run("fit", "black-forest-labs/FLUX.1-dev").returncode == 2  # --gpu or --memory is required
+
+
+def test_footprint_and_backends_verbs(tmp_path, flux_dir):
+    done = _run("footprint", str(flux_dir))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "true bytes" in done.stdout and "total" in done.stdout
+    rows = json.loads(_run("backends", "--json").stdout)
+    assert {r["backend"] for r in rows} == {"bitsandbytes_4bit", "bitsandbytes_8bit", "gguf", "quanto", "torchao"}
+    assert next(r for r in rows if r["backend"] == "torchao")["cuda_only"] == ["float8dq", "int4wo"]
+    assert "CUDA only" in _run("backends").stdout
+
+
+def test_compare_only_picks_variants(tmp_path):
+    done = _run("compare", "--only", "quanto-int8", "--out", str(tmp_path / "out"), "--seeds", "0", "--steps", "2",
+                "--repeats", "1", "--warmup", "0", "--sensitivity", "none", "--no-report", "-q",
+                "--prompts", "a red circle")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["variant"] for r in read_records(tmp_path / "out")] == ["baseline", "quanto-int8"]
+    wrong = _run("compare", "--only", "quanto-int9", "--out", str(tmp_path / "x"))
+    assert wrong.returncode == 1 and "Did you mean 'quanto-int8'?" in wrong.stderr
