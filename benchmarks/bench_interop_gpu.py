@@ -41,12 +41,23 @@ BACKENDS = {  # row name -> (quant_backend, quant_kwargs); None = the bf16 refer
     "quanto-int8": ("quanto", {"weights_dtype": "int8"}),
     "gguf-Q8_0": ("gguf", {"quant_type": "Q8_0", "compute_dtype": "bfloat16"}),
 }
-MODES = {"none": (None, None), "model-offload": ("model", None), "group-offload": ("group", None),
-         "compile": (None, "regional")}
+MODES = {
+    "none": (None, None),
+    "model-offload": ("model", None),
+    "group-offload": ("group", None),
+    "compile": (None, "regional"),
+}
 SCALES = {
-    "1b": {"transformer": dict(num_layers=6, num_single_layers=12, attention_head_dim=128, num_attention_heads=12,
-                               axes_dims_rope=(16, 56, 56)),
-           "call": dict(height=256, width=256, num_inference_steps=8, max_sequence_length=16)},
+    "1b": {
+        "transformer": dict(
+            num_layers=6,
+            num_single_layers=12,
+            attention_head_dim=128,
+            num_attention_heads=12,
+            axes_dims_rope=(16, 56, 56),
+        ),
+        "call": dict(height=256, width=256, num_inference_steps=8, max_sequence_length=16),
+    },
     "tiny": {"transformer": {}, "call": dict(height=32, width=32, num_inference_steps=2, max_sequence_length=16)},
 }
 
@@ -83,11 +94,15 @@ def run_row(folder: Path, backend, mode: str, device: str, call: dict, repeats: 
         check_compile(compile, device)
     except RuntimeError as err:
         return {"skipped": str(err)}
-    config = None if backend is None else qk.PipelineQuantizationConfig(
-        quant_backend=backend[0], quant_kwargs=backend[1], components_to_quantize=["transformer"])
+    config = (
+        None
+        if backend is None
+        else qk.PipelineQuantizationConfig(
+            quant_backend=backend[0], quant_kwargs=backend[1], components_to_quantize=["transformer"]
+        )
+    )
     t = time.perf_counter()
-    pipe = qk.load_pipeline(folder, config, torch_dtype=torch.bfloat16, device=device, progress=False,
-                            offload=offload)
+    pipe = qk.load_pipeline(folder, config, torch_dtype=torch.bfloat16, device=device, progress=False, offload=offload)
     load_s = time.perf_counter() - t
     if compile:
         apply_compile(pipe, compile)
@@ -105,8 +120,13 @@ def run_row(folder: Path, backend, mode: str, device: str, call: dict, repeats: 
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return {"load_s": load_s, "s_per_image": latency.median_s, "peak_bytes": memory,
-            "peak_kind": "cuda allocated" if r.cuda_allocated_peak is not None else "rss", "image": images[0]}
+    return {
+        "load_s": load_s,
+        "s_per_image": latency.median_s,
+        "peak_bytes": memory,
+        "peak_kind": "cuda allocated" if r.cuda_allocated_peak is not None else "rss",
+        "image": images[0],
+    }
 
 
 def psnr(a, b) -> float:
@@ -140,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'backend':<16}{'mode':<15}{'peak GiB':>10}{'s/image':>10}{'PSNR dB':>9}{'load s':>8}")
     for backend in backends:
         for mode in modes:
-            row = {"backend": backend, "mode": mode, **run_row(folder, BACKENDS[backend], mode, device,
-                                                              SCALES[args.scale]["call"], args.repeats)}
+            row = {
+                "backend": backend,
+                "mode": mode,
+                **run_row(folder, BACKENDS[backend], mode, device, SCALES[args.scale]["call"], args.repeats),
+            }
             if "skipped" in row:
                 print(f"{backend:<16}{mode:<15}  skipped: {row['skipped']}")
             else:
@@ -149,11 +172,15 @@ def main(argv: list[str] | None = None) -> int:
                 if reference is None:
                     reference = image  # bf16, mode "none" (or the first mode given): the same seed everywhere
                 row["psnr_db"] = psnr(image, reference)
-                print(f"{backend:<16}{mode:<15}{row['peak_bytes'] / 2**30:>10.3f}{row['s_per_image']:>10.3f}"
-                      f"{row['psnr_db']:>9.1f}{row['load_s']:>8.1f}")
+                print(
+                    f"{backend:<16}{mode:<15}{row['peak_bytes'] / 2**30:>10.3f}{row['s_per_image']:>10.3f}"
+                    f"{row['psnr_db']:>9.1f}{row['load_s']:>8.1f}"
+                )
             rows.append(row)
-    print(f"total {time.perf_counter() - t0:.0f} s on {device} ({args.scale}); peak = "
-          f"{'torch.cuda.max_memory_allocated' if device.startswith('cuda') else 'process RSS'} while generating")
+    print(
+        f"total {time.perf_counter() - t0:.0f} s on {device} ({args.scale}); peak = "
+        f"{'torch.cuda.max_memory_allocated' if device.startswith('cuda') else 'process RSS'} while generating"
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=str))
     return 0

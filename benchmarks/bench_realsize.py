@@ -8,7 +8,8 @@ What it does:
    process that imports everything, creates the CUDA context, loads through `quantkit.load_pipeline`, makes one
    image (--height x --width, --steps steps) and reports peak allocated and reserved CUDA memory for the load
    and for load + generation, and seconds per image;
-3. prints measured beside predicted (`quantkit.planning.peak.predict_peak` fed by `quantkit.planning.sizing.MetaSizer`) and the blog's
+3. prints measured beside predicted (`quantkit.planning.peak.predict_peak` fed by
+   `quantkit.planning.sizing.MetaSizer`) and the blog's
    figures (FLUX.1-dev, H100, 1024^2, 50 steps; GiB of max_memory_reserved; the step count does not change the
    peak).
 

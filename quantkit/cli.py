@@ -115,11 +115,13 @@ def json_object(text: str) -> dict:
     try:
         value = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not JSON")))
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({err}); e.g. '{{\"true_cfg_scale\": 3}}'") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid JSON ({err}); e.g. '{{\"true_cfg_scale\": 3}}'"
+        ) from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{text!r} is a JSON {type(value).__name__}; pass an object such as "
-                                         "'{\"true_cfg_scale\": 3}'")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a JSON {type(value).__name__}; pass an object such as '{{\"true_cfg_scale\": 3}}'"
+        )
     return value
 
 
@@ -135,56 +137,125 @@ def device_name(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="quantkit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="quantkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"quantkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    p = sub.add_parser("compare", help="compare quantization variants of a pipeline", description=COMPARE_HELP,
-                       epilog=COMPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", nargs="?", default=None, metavar="SOURCE",
-                   help="pipeline folder or hub id (default: the embedded tiny-flux-shapes pipeline)")
-    p.add_argument("-o", "--out", type=Path, default=Path("quantkit-compare"), metavar="DIR",
-                   help="output folder; an existing one with the same settings is resumed (default: %(default)s)")
-    p.add_argument("--variants", type=existing_file, metavar="FILE",
-                   help="JSON/YAML file {name: config dict or null} (default: baseline + all five backends on "
-                        "the transformer and the T5 encoder)")
-    p.add_argument("--print-variants", action="store_true",
-                   help="print the default variants for SOURCE as JSON and exit")
-    p.add_argument("--prompts", nargs="+", type=prompt, metavar="PROMPT",
-                   help="prompts (default: four shapes prompts)")
+    p = sub.add_parser(
+        "compare",
+        help="compare quantization variants of a pipeline",
+        description=COMPARE_HELP,
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        metavar="SOURCE",
+        help="pipeline folder or hub id (default: the embedded tiny-flux-shapes pipeline)",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("quantkit-compare"),
+        metavar="DIR",
+        help="output folder; an existing one with the same settings is resumed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--variants",
+        type=existing_file,
+        metavar="FILE",
+        help="JSON/YAML file {name: config dict or null} (default: baseline + all five backends on "
+        "the transformer and the T5 encoder)",
+    )
+    p.add_argument(
+        "--print-variants", action="store_true", help="print the default variants for SOURCE as JSON and exit"
+    )
+    p.add_argument(
+        "--prompts", nargs="+", type=prompt, metavar="PROMPT", help="prompts (default: four shapes prompts)"
+    )
     p.add_argument("--prompts-file", type=prompts_file, metavar="FILE", help="prompts, one per line")
-    p.add_argument("--seeds", nargs="+", type=whole_number(0, SEED_MAX), metavar="SEED",
-                   help="seeds; every prompt is drawn with each (default: 0 1)")
-    p.add_argument("--steps", type=whole_number(1, 10_000), metavar="N",
-                   help="inference steps, 1 or more (default: the pipeline's own default)")
-    p.add_argument("--call-kwargs", type=json_object, default=None, metavar="JSON",
-                   help='more pipeline call arguments as JSON, e.g. \'{"true_cfg_scale": 3}\'')
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=whole_number(0, SEED_MAX),
+        metavar="SEED",
+        help="seeds; every prompt is drawn with each (default: 0 1)",
+    )
+    p.add_argument(
+        "--steps",
+        type=whole_number(1, 10_000),
+        metavar="N",
+        help="inference steps, 1 or more (default: the pipeline's own default)",
+    )
+    p.add_argument(
+        "--call-kwargs",
+        type=json_object,
+        default=None,
+        metavar="JSON",
+        help="more pipeline call arguments as JSON, e.g. '{\"true_cfg_scale\": 3}'",
+    )
     p.add_argument("--device", type=device_name, help="cpu or cuda[:N] (default: cuda when available)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the unquantized tensors (default: as stored)")
-    p.add_argument("--warmup", type=whole_number(0, 1000), default=1, metavar="N",
-                   help="untimed generations first (default: 1)")
-    p.add_argument("--repeats", type=whole_number(1, 10_000), default=3, metavar="N",
-                   help="at least this many timed generations per variant (default: 3)")
-    p.add_argument("--sensitivity", default="auto", metavar="VARIANT",
-                   help="per-layer error study of this variant's quantization; 'auto' = the quantized variant "
-                        "with the lowest PSNR, 'none' = skip (default: auto)")
-    p.add_argument("--sensitivity-component", metavar="NAME",
-                   help="component for the per-layer study (default: the transformer or unet)")
-    p.add_argument("--keep-sensitive", type=whole_number(0), default=3, metavar="N",
-                   help="also run the studied variant with its N most sensitive layers kept in full precision; "
-                        "0 = do not (default: 3)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the unquantized tensors (default: as stored)",
+    )
+    p.add_argument(
+        "--warmup", type=whole_number(0, 1000), default=1, metavar="N", help="untimed generations first (default: 1)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=whole_number(1, 10_000),
+        default=3,
+        metavar="N",
+        help="at least this many timed generations per variant (default: 3)",
+    )
+    p.add_argument(
+        "--sensitivity",
+        default="auto",
+        metavar="VARIANT",
+        help="per-layer error study of this variant's quantization; 'auto' = the quantized variant "
+        "with the lowest PSNR, 'none' = skip (default: auto)",
+    )
+    p.add_argument(
+        "--sensitivity-component",
+        metavar="NAME",
+        help="component for the per-layer study (default: the transformer or unet)",
+    )
+    p.add_argument(
+        "--keep-sensitive",
+        type=whole_number(0),
+        default=3,
+        metavar="N",
+        help="also run the studied variant with its N most sensitive layers kept in full precision; "
+        "0 = do not (default: 3)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="run variants recorded as failed again")
-    p.add_argument("--strict", action="store_true",
-                   help="stop at the first variant that fails (exit status 1) instead of recording it and going on")
-    p.add_argument("--timeout", type=seconds, metavar="SECONDS", help="stop a variant after this long (recorded as "
-                   "failed)")
-    p.add_argument("--clip-model", metavar="PATH_OR_ID",
-                   help="CLIP model on disk for the CLIP score (default: skipped; nothing is downloaded)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first variant that fails (exit status 1) instead of recording it and going on",
+    )
+    p.add_argument(
+        "--timeout", type=seconds, metavar="SECONDS", help="stop a variant after this long (recorded as failed)"
+    )
+    p.add_argument(
+        "--clip-model",
+        metavar="PATH_OR_ID",
+        help="CLIP model on disk for the CLIP score (default: skipped; nothing is downloaded)",
+    )
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS even when its weights are on disk")
     p.add_argument("--no-report", action="store_true", help="write results.jsonl and images only")
-    p.add_argument("--only", nargs="+", metavar="NAME",
-                   help="run only these variants (and the baseline), by name; see --print-variants")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="run only these variants (and the baseline), by name; see --print-variants",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _verbs(sub)
     return parser
@@ -198,13 +269,26 @@ def _prompts(args) -> list[str] | None:
 def compare_options(args) -> dict:
     """The CompareSettings options the parsed command line stands for (everything but source, variants, out)."""
     sensitivity = None if str(args.sensitivity).lower() == "none" else args.sensitivity
-    return dict(prompts=_prompts(args), seeds=args.seeds or (0, 1), device=args.device, torch_dtype=args.dtype,
-                num_inference_steps=args.steps, call_kwargs=args.call_kwargs, warmup=args.warmup,
-                repeats=args.repeats, sensitivity=sensitivity, sensitivity_component=args.sensitivity_component,
-                keep_sensitive=args.keep_sensitive if sensitivity is not None else 0,
-                retry_failed=args.retry_failed, strict=args.strict, timeout_s=args.timeout,
-                use_lpips=not args.no_lpips, clip_model=args.clip_model, report=not args.no_report,
-                progress=not args.quiet)
+    return dict(
+        prompts=_prompts(args),
+        seeds=args.seeds or (0, 1),
+        device=args.device,
+        torch_dtype=args.dtype,
+        num_inference_steps=args.steps,
+        call_kwargs=args.call_kwargs,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        sensitivity=sensitivity,
+        sensitivity_component=args.sensitivity_component,
+        keep_sensitive=args.keep_sensitive if sensitivity is not None else 0,
+        retry_failed=args.retry_failed,
+        strict=args.strict,
+        timeout_s=args.timeout,
+        use_lpips=not args.no_lpips,
+        clip_model=args.clip_model,
+        report=not args.no_report,
+        progress=not args.quiet,
+    )
 
 
 def _read_variants(path: Path):
@@ -220,8 +304,9 @@ def _read_variants(path: Path):
     except Exception as err:
         if type(err).__module__.split(".")[0] != "yaml":
             raise
-        raise ValueError(f"{path} is not valid YAML ({err}). Expected {{name: config dict or null}} (see "
-                         "--print-variants).") from None
+        raise ValueError(
+            f"{path} is not valid YAML ({err}). Expected {{name: config dict or null}} (see --print-variants)."
+        ) from None
 
 
 def compare_command(args) -> int:
@@ -274,8 +359,10 @@ def _only(variants: dict, names: list[str]) -> dict:
 
     unknown = [n for n in names if n not in variants]
     if unknown:
-        raise ValueError(f"--only names {unknown[0]!r}, which is not a variant.{did_you_mean(unknown[0], variants)} "
-                         f"Variants: {', '.join(variants)}.")
+        raise ValueError(
+            f"--only names {unknown[0]!r}, which is not a variant.{did_you_mean(unknown[0], variants)} "
+            f"Variants: {', '.join(variants)}."
+        )
     return {n: c for n, c in variants.items() if c is None or n in names}
 
 
@@ -301,10 +388,19 @@ def _quiet_third_party() -> None:
 def _verbs(sub) -> None:
     """The plan, fit, footprint and backends verbs (their work is in quantkit.cli_verbs)."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("plan", help="what a quantized load will do, per component, before any weight is read",
-                       formatter_class=fmt, epilog=PLAN_EPILOG)
-    p.add_argument("source", nargs="?", default=None, metavar="SOURCE",
-                   help="pipeline folder or hub id; published pipelines of quantkit's catalog plan offline")
+    p = sub.add_parser(
+        "plan",
+        help="what a quantized load will do, per component, before any weight is read",
+        formatter_class=fmt,
+        epilog=PLAN_EPILOG,
+    )
+    p.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        metavar="SOURCE",
+        help="pipeline folder or hub id; published pipelines of quantkit's catalog plan offline",
+    )
     _config_arguments(p)
     p.add_argument("--device", type=device_name, help="the device to plan for (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="dtype of the unquantized tensors")
@@ -314,8 +410,9 @@ def _verbs(sub) -> None:
     p.add_argument("--layers", metavar="COMPONENT", help="also list every Linear layer of COMPONENT and its decision")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
-    p = sub.add_parser("fit", help="which configs fit a GPU, by their predicted peak", formatter_class=fmt,
-                       epilog=FIT_EPILOG)
+    p = sub.add_parser(
+        "fit", help="which configs fit a GPU, by their predicted peak", formatter_class=fmt, epilog=FIT_EPILOG
+    )
     p.add_argument("source", nargs="?", default=None, metavar="SOURCE", help="pipeline folder or catalog hub id")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--gpu", metavar="NAME", help="a known GPU: T4, L4, A10G, A100-40GB, H100, RTX4090, ...")
@@ -326,26 +423,41 @@ def _verbs(sub) -> None:
     p.add_argument("--top", type=whole_number(1), metavar="N", help="print only the first N candidates")
     p.add_argument("--json", action="store_true", help="print the candidates as JSON")
 
-    p = sub.add_parser("footprint", help="true bytes per component of a pipeline folder (it is loaded)",
-                       formatter_class=fmt)
+    p = sub.add_parser(
+        "footprint", help="true bytes per component of a pipeline folder (it is loaded)", formatter_class=fmt
+    )
     p.add_argument("folder", metavar="FOLDER", help="a pipeline folder (e.g. one written by save_pipeline)")
     p.add_argument("--device", type=device_name, default="cpu", help="where to load it (default: cpu)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
 
-    p = sub.add_parser("backends", help="each backend, its package and version, what runs on this machine",
-                       formatter_class=fmt)
+    p = sub.add_parser(
+        "backends", help="each backend, its package and version, what runs on this machine", formatter_class=fmt
+    )
     p.add_argument("--json", action="store_true", help="print the table as JSON")
 
 
 def _config_arguments(p) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--backend", metavar="NAME", help="quant_backend of the simple form (see `quantkit backends`)")
-    group.add_argument("--config", type=existing_file, metavar="FILE",
-                       help="a PipelineQuantizationConfig as JSON (what config.to_json() writes)")
-    p.add_argument("--kwargs", type=json_object, default=None, metavar="JSON",
-                   help='the backend\'s quant_kwargs as JSON, e.g. \'{"weights_dtype": "int8"}\'')
-    p.add_argument("--components", nargs="+", metavar="NAME",
-                   help="components_to_quantize (default: the denoiser and the T5 encoders)")
+    group.add_argument(
+        "--config",
+        type=existing_file,
+        metavar="FILE",
+        help="a PipelineQuantizationConfig as JSON (what config.to_json() writes)",
+    )
+    p.add_argument(
+        "--kwargs",
+        type=json_object,
+        default=None,
+        metavar="JSON",
+        help='the backend\'s quant_kwargs as JSON, e.g. \'{"weights_dtype": "int8"}\'',
+    )
+    p.add_argument(
+        "--components",
+        nargs="+",
+        metavar="NAME",
+        help="components_to_quantize (default: the denoiser and the T5 encoders)",
+    )
 
 
 PLAN_EPILOG = """\
@@ -383,8 +495,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return VERBS[args.command](args)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the finished variants are in {getattr(args, 'out', '.')}; run the same command again "
-              "to resume.", file=sys.stderr)
+        print(
+            f"\ninterrupted: the finished variants are in {getattr(args, 'out', '.')}; run the same command again "
+            "to resume.",
+            file=sys.stderr,
+        )
         return INTERRUPTED
     except BrokenPipeError:  # the output was piped into a command that stopped reading (e.g. `| head`)
         sys.stderr.close()

@@ -32,20 +32,33 @@ def _config(args):
         adapter = get_backend(args.backend)
         first = next(iter(adapter.options))
         kwargs = {first: adapter.options[first].default}
-    return PipelineQuantizationConfig(quant_backend=args.backend, quant_kwargs=kwargs,
-                                      components_to_quantize=components)
+    return PipelineQuantizationConfig(
+        quant_backend=args.backend, quant_kwargs=kwargs, components_to_quantize=components
+    )
 
 
 def plan_command(args) -> int:
     from .planning import plan
 
-    p = plan(args.source, _config(args), device=args.device, torch_dtype=args.dtype, height=args.height,
-             width=args.width, offload=args.offload)
+    p = plan(
+        args.source,
+        _config(args),
+        device=args.device,
+        torch_dtype=args.dtype,
+        height=args.height,
+        width=args.width,
+        offload=args.offload,
+    )
     if args.json:
         frame = p.to_frame().reset_index()
-        out = {"pipeline_class": p.pipeline_class, "device": p.device, "torch_dtype": p.torch_dtype,
-               "bytes_before": p.bytes_before, "bytes_after": p.bytes_after,
-               "components": json.loads(frame.to_json(orient="records"))}
+        out = {
+            "pipeline_class": p.pipeline_class,
+            "device": p.device,
+            "torch_dtype": p.torch_dtype,
+            "bytes_before": p.bytes_before,
+            "bytes_after": p.bytes_after,
+            "components": json.loads(frame.to_json(orient="records")),
+        }
         if p.peak is not None:
             out["peak"] = p.peak.to_dict()
         if args.layers:
@@ -65,8 +78,14 @@ def plan_command(args) -> int:
 def fit_command(args) -> int:
     from .planning.fit import fit
 
-    frame = fit(args.source, gpu=args.gpu, memory=args.memory, height=args.height, width=args.width or args.height,
-                num_images=args.num_images)
+    frame = fit(
+        args.source,
+        gpu=args.gpu,
+        memory=args.memory,
+        height=args.height,
+        width=args.width or args.height,
+        num_images=args.num_images,
+    )
     if args.top:
         frame = frame.head(args.top)
     if args.json:
@@ -96,8 +115,10 @@ def backends_command(args) -> int:
     if args.json:
         print(json.dumps(status_rows(), indent=1))
         return OK
-    rows = [[s.backend, s.version or "not installed", s.cpu, s.cuda, ", ".join(s.cuda_only) or "-", s.bits]
-            for s in backend_status()]
+    rows = [
+        [s.backend, s.version or "not installed", s.cpu, s.cuda, ", ".join(s.cuda_only) or "-", s.bits]
+        for s in backend_status()
+    ]
     print(text_table(["backend", "version", "CPU here", "CUDA here", "CUDA only", "what"], rows))
     return OK
 

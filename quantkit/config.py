@@ -341,7 +341,8 @@ class PipelineQuantizationConfig:
         if isinstance(config, PipelineQuantizationConfig):
             return config
         if not all(hasattr(config, a) for a in ("quant_backend", "quant_kwargs", "quant_mapping")) or isinstance(
-                config, type):
+            config, type
+        ):
             raise TypeError(
                 f"from_diffusers takes a diffusers.PipelineQuantizationConfig, got {type(config).__name__} "
                 f"{_short(config)}; for a dict use from_dict()."

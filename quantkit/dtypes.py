@@ -95,5 +95,14 @@ def _diffusers_takes_dtype() -> bool:
     return (major, minor) >= (0, 42)
 
 
-__all__ = ["COMPUTE_BYTES", "COMPUTE_DTYPES", "FLOAT_CODES", "SAFETENSORS", "code_bytes", "code_info",
-           "dtype_kwargs", "dtype_name", "to_torch_dtype"]
+__all__ = [
+    "COMPUTE_BYTES",
+    "COMPUTE_DTYPES",
+    "FLOAT_CODES",
+    "SAFETENSORS",
+    "code_bytes",
+    "code_info",
+    "dtype_kwargs",
+    "dtype_name",
+    "to_torch_dtype",
+]

@@ -72,8 +72,22 @@ def summarize(results, prompts: list[str], seeds: list[int]) -> dict:
     rows = {}
     for record in results.records:
         name = record["variant"]
-        row = {k: record.get(k) for k in ("status", "quantization", "bytes", "latency_s", "psnr", "psnr_ci",
-                                          "ssim", "ssim_ci", "adherence", "adherence_ci", "error")}
+        row = {
+            k: record.get(k)
+            for k in (
+                "status",
+                "quantization",
+                "bytes",
+                "latency_s",
+                "psnr",
+                "psnr_ci",
+                "ssim",
+                "ssim_ci",
+                "adherence",
+                "adherence_ci",
+                "error",
+            )
+        }
         if name in images:
             for part, keep in (("all", None), ("single", {"single"}), ("two", {"relation", "count"})):
                 from quantkit.models.scenes import parse_prompt
@@ -101,11 +115,16 @@ def markdown(rows: dict, n_pairs: int) -> str:
             lines.append(f"| {name} | failed: {row['error']} |" + " |" * (len(header) - 2))
             continue
         summary = row.get("adherence_all", {})
-        psnr = (f"{row['psnr']:.1f} [{row['psnr_ci'][0]:.1f}, {row['psnr_ci'][1]:.1f}]" if row.get("psnr_ci")
-                else "ref")
+        psnr = f"{row['psnr']:.1f} [{row['psnr_ci'][0]:.1f}, {row['psnr_ci'][1]:.1f}]" if row.get("psnr_ci") else "ref"
         ssim = f"{row['ssim']:.3f} [{row['ssim_ci'][0]:.3f}, {row['ssim_ci'][1]:.3f}]" if row.get("ssim_ci") else "ref"
-        cells = [name, f"{row['bytes'] / 1e6:.1f}", *(pct(summary, a) for a in ATTRIBUTES), pct(summary, "all"),
-                 psnr, ssim]
+        cells = [
+            name,
+            f"{row['bytes'] / 1e6:.1f}",
+            *(pct(summary, a) for a in ATTRIBUTES),
+            pct(summary, "all"),
+            psnr,
+            ssim,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\n{n_pairs} images per variant; [low, high] = 95% bootstrap interval over prompts.\n"
 
@@ -131,13 +150,30 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {k: v for k, v in chosen.items() if k == "baseline" or k in args.only}
     out = args.out or Path("/tmp") / f"quantkit-eval-{os.getpid()}"
     start = time.perf_counter()
-    results = qk.compare(args.source, chosen, out=out, prompts=prompts, seeds=seeds, device="cpu",
-                         torch_dtype=getattr(torch, args.dtype), warmup=1, repeats=1, use_lpips=False,
-                         clip_model=None, progress=False)
+    results = qk.compare(
+        args.source,
+        chosen,
+        out=out,
+        prompts=prompts,
+        seeds=seeds,
+        device="cpu",
+        torch_dtype=getattr(torch, args.dtype),
+        warmup=1,
+        repeats=1,
+        use_lpips=False,
+        clip_model=None,
+        progress=False,
+    )
     elapsed = time.perf_counter() - start
     rows = summarize(results, prompts, seeds)
-    report = {"prompts": prompts, "seeds": seeds, "dtype": args.dtype, "seconds": elapsed, "variants": rows,
-              "load_average": os.getloadavg()}
+    report = {
+        "prompts": prompts,
+        "seeds": seeds,
+        "dtype": args.dtype,
+        "seconds": elapsed,
+        "variants": rows,
+        "load_average": os.getloadavg(),
+    }
     (out / "evaluation.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     table = markdown(rows, len(prompts) * len(seeds))
     (out / "evaluation.md").write_text(table)

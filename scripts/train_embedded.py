@@ -49,8 +49,14 @@ def scenes_main(args) -> int:
             evaluate_scenes_folder(args.out, log=log)
         return 0
     preset = "smoke" if args.smoke else args.preset
-    config = scenes_config(preset, seed=args.seed, n_images=args.n_images, vae_steps=args.vae_steps,
-                           transformer_steps=args.transformer_steps, batch_size=args.batch_size)
+    config = scenes_config(
+        preset,
+        seed=args.seed,
+        n_images=args.n_images,
+        vae_steps=args.vae_steps,
+        transformer_steps=args.transformer_steps,
+        batch_size=args.batch_size,
+    )
     out = args.out or Path(tempfile.mkdtemp(prefix="tiny-flux-scenes-smoke-"))
     print(f"preset {preset}: {config}\nwriting to {out}", flush=True)
     start = time.perf_counter()
@@ -83,11 +89,18 @@ def evaluate_only(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="output folder (default: a temp folder for --smoke, else required)")
-    parser.add_argument("--pipeline", choices=["shapes", "scenes"], default="shapes",
-                        help="shapes = v1 (tiny-flux-shapes, 32×32); scenes = v2 (tiny-flux-scenes, 64×64)")
+    parser.add_argument(
+        "--pipeline",
+        choices=["shapes", "scenes"],
+        default="shapes",
+        help="shapes = v1 (tiny-flux-shapes, 32×32); scenes = v2 (tiny-flux-scenes, 64×64)",
+    )
     parser.add_argument("--no-evaluate", action="store_true", help="scenes: train and save only")
-    parser.add_argument("--continue-decoder", action="store_true",
-                        help="scenes: run the decoder stage on a folder trained before that stage existed")
+    parser.add_argument(
+        "--continue-decoder",
+        action="store_true",
+        help="scenes: run the decoder stage on a folder trained before that stage existed",
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--smoke", action="store_true", help="same as --preset smoke, then reload and generate")
     parser.add_argument("--seed", type=int)

@@ -16,8 +16,9 @@ import pytest
 import quantkit as qk
 from quantkit import PipelineQuantizationConfig, QuantSpec
 
-QUANTO = PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                    components_to_quantize=["transformer"])
+QUANTO = PipelineQuantizationConfig(
+    quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"}, components_to_quantize=["transformer"]
+)
 
 
 def copy_of(folder: Path, tmp_path: Path) -> Path:
@@ -35,27 +36,54 @@ def copy_of(folder: Path, tmp_path: Path) -> Path:
         ({"quant_mapping": ["transformer"]}, TypeError, "quant_mapping must be a dict {component: "),
         ({"quant_mapping": "transformer"}, TypeError, "got str 'transformer'"),
         ({"quant_mapping": {"transformer": ["quanto"]}}, TypeError, "quant_mapping['transformer'] must be a dict"),
-        ({"quant_mapping": {"transformer": {"weights_dtype": "int8"}}}, ValueError,
-         "quant_mapping['transformer'] needs a 'backend' key"),
+        (
+            {"quant_mapping": {"transformer": {"weights_dtype": "int8"}}},
+            ValueError,
+            "quant_mapping['transformer'] needs a 'backend' key",
+        ),
         ({"quant_mapping": {3: {"backend": "quanto"}}}, TypeError, "component names in quant_mapping must be strings"),
-        ({"quant_backend": "quanto", "quant_kwargs": ["weights_dtype", "int8"]}, TypeError,
-         "quant_kwargs must be a dict of the backend's options"),
+        (
+            {"quant_backend": "quanto", "quant_kwargs": ["weights_dtype", "int8"]},
+            TypeError,
+            "quant_kwargs must be a dict of the backend's options",
+        ),
         ({"quant_backend": "quanto", "quant_kwargs": "int8"}, TypeError, "got str 'int8'"),
-        ({"quant_backend": "quanto", "quant_kwargs": {"weights_dtype": "int8"}, "components_to_quantize": []},
-         ValueError, "components_to_quantize=[] names no component"),
-        ({"quant_backend": "quanto", "quant_kwargs": {"weights_dtype": "int8"}, "components_to_quantize": [1]},
-         TypeError, "components_to_quantize must be a list of component names"),
-        ({"quant_backend": "quanto", "quant_kwargs": {"weights_dtype": 8}}, TypeError,
-         "takes one of 'int8', 'int4', 'int2' or 'float8', got int 8"),
-        ({"quant_backend": "bitsandbytes_8bit", "quant_kwargs": {"llm_int8_threshold": float("nan")}}, ValueError,
-         "llm_int8_threshold=nan is not a finite number"),
-        ({"quant_backend": "bitsandbytes_8bit", "quant_kwargs": {"llm_int8_threshold": float("inf")}}, ValueError,
-         "llm_int8_threshold=inf is not a finite number"),
-        ({"quant_backend": "bitsandbytes_4bit", "quant_kwargs": {"load_in_4bit": "yes"}}, ValueError,
-         "load_in_4bit='yes' contradicts"),
+        (
+            {"quant_backend": "quanto", "quant_kwargs": {"weights_dtype": "int8"}, "components_to_quantize": []},
+            ValueError,
+            "components_to_quantize=[] names no component",
+        ),
+        (
+            {"quant_backend": "quanto", "quant_kwargs": {"weights_dtype": "int8"}, "components_to_quantize": [1]},
+            TypeError,
+            "components_to_quantize must be a list of component names",
+        ),
+        (
+            {"quant_backend": "quanto", "quant_kwargs": {"weights_dtype": 8}},
+            TypeError,
+            "takes one of 'int8', 'int4', 'int2' or 'float8', got int 8",
+        ),
+        (
+            {"quant_backend": "bitsandbytes_8bit", "quant_kwargs": {"llm_int8_threshold": float("nan")}},
+            ValueError,
+            "llm_int8_threshold=nan is not a finite number",
+        ),
+        (
+            {"quant_backend": "bitsandbytes_8bit", "quant_kwargs": {"llm_int8_threshold": float("inf")}},
+            ValueError,
+            "llm_int8_threshold=inf is not a finite number",
+        ),
+        (
+            {"quant_backend": "bitsandbytes_4bit", "quant_kwargs": {"load_in_4bit": "yes"}},
+            ValueError,
+            "load_in_4bit='yes' contradicts",
+        ),
         ({"quant_backend": "gguf", "quant_kwargs": {"gguf_file": 3}}, TypeError, "takes a file path (str or Path)"),
-        ({"quant_backend": "quanto", "quant_kwargs": {"modules_to_not_convert": [""]}}, ValueError,
-         "empty module name"),
+        (
+            {"quant_backend": "quanto", "quant_kwargs": {"modules_to_not_convert": [""]}},
+            ValueError,
+            "empty module name",
+        ),
         (["quant_backend", "quanto"], TypeError, "A PipelineQuantizationConfig dict must be a dict"),
     ],
     ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None,
@@ -73,7 +101,8 @@ def test_from_json_names_bad_json_and_refuses_nan():
         PipelineQuantizationConfig.from_json({"quant_backend": "quanto"})
     with pytest.raises(ValueError, match="not a finite number"):  # Python's json reads NaN; the option refuses it
         PipelineQuantizationConfig.from_json(
-            '{"quant_backend": "bitsandbytes_8bit", "quant_kwargs": {"llm_int8_threshold": NaN}}')
+            '{"quant_backend": "bitsandbytes_8bit", "quant_kwargs": {"llm_int8_threshold": NaN}}'
+        )
 
 
 def test_to_json_is_standard_json_even_with_path_values(tmp_path):
@@ -81,8 +110,11 @@ def test_to_json_is_standard_json_even_with_path_values(tmp_path):
     config = PipelineQuantizationConfig(quant_mapping={"transformer": spec})
     assert json.loads(config.to_json())["quant_mapping"]["transformer"]["gguf_file"] == str(tmp_path / "x.gguf")
     with pytest.raises(TypeError, match="components_to_quantize must be a list of component names"):
-        PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                   components_to_quantize=[Path("transformer")])
+        PipelineQuantizationConfig(
+            quant_backend="quanto",
+            quant_kwargs={"weights_dtype": "int8"},
+            components_to_quantize=[Path("transformer")],
+        )
 
 
 def test_quant_spec_and_kwargs_must_be_dicts():
@@ -99,10 +131,12 @@ def test_install_hints_offer_every_backend_at_once():
     from quantkit.errors import require_package
 
     with pytest.raises(ImportError) as info:
-        require_package("quantkit_no_such_package", "optimum-quanto>=0.2.7", "The 'quanto' backend",
-                        "quantkit[backends]")
-    assert ("Install it with: pip install 'optimum-quanto>=0.2.7' (or every backend: pip install "
-            "'quantkit[backends]').") in str(info.value)
+        require_package(
+            "quantkit_no_such_package", "optimum-quanto>=0.2.7", "The 'quanto' backend", "quantkit[backends]"
+        )
+    assert (
+        "Install it with: pip install 'optimum-quanto>=0.2.7' (or every backend: pip install 'quantkit[backends]')."
+    ) in str(info.value)
     assert info.value.name == "quantkit_no_such_package"
 
     class Missing(get_backend("quanto")):
@@ -150,9 +184,11 @@ def test_load_pipeline_on_a_missing_device_is_a_runtime_error_before_planning(fl
 
 
 def test_a_skip_list_entry_naming_no_module_is_refused_with_the_nearest(flux_dir):
-    typo = PipelineQuantizationConfig(quant_backend="quanto",
-                                      quant_kwargs={"weights_dtype": "int8", "modules_to_not_convert": ["proj_ot"]},
-                                      components_to_quantize=["transformer", "text_encoder_2"])
+    typo = PipelineQuantizationConfig(
+        quant_backend="quanto",
+        quant_kwargs={"weights_dtype": "int8", "modules_to_not_convert": ["proj_ot"]},
+        components_to_quantize=["transformer", "text_encoder_2"],
+    )
     with pytest.raises(ValueError) as info:
         qk.plan(flux_dir, typo, device="cpu")
     message = str(info.value)
@@ -160,13 +196,16 @@ def test_a_skip_list_entry_naming_no_module_is_refused_with_the_nearest(flux_dir
     assert "Did you mean 'proj_out'" in message and "keep nothing in full precision" in message
     # one spec over two components: a name of either is fine; bitsandbytes spells the option its own way
     kwargs = {"weights_dtype": "int8", "modules_to_not_convert": ["proj_out", "wo"]}
-    fine = PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs=kwargs,
-                                      components_to_quantize=["transformer", "text_encoder_2"])
+    fine = PipelineQuantizationConfig(
+        quant_backend="quanto", quant_kwargs=kwargs, components_to_quantize=["transformer", "text_encoder_2"]
+    )
     assert qk.plan(flux_dir, fine, device="cpu").components["transformer"].skipped_layers
-    bnb = PipelineQuantizationConfig(quant_mapping={"transformer": QuantSpec(
-        "bitsandbytes_8bit", llm_int8_skip_modules=["transformer_blocks.9"])})
-    with pytest.raises(ValueError, match="llm_int8_skip_modules entry 'transformer_blocks.9' names no module of "
-                                         "transformer"):
+    bnb = PipelineQuantizationConfig(
+        quant_mapping={"transformer": QuantSpec("bitsandbytes_8bit", llm_int8_skip_modules=["transformer_blocks.9"])}
+    )
+    with pytest.raises(
+        ValueError, match="llm_int8_skip_modules entry 'transformer_blocks.9' names no module of transformer"
+    ):
         qk.plan(flux_dir, bnb, device="cpu")
 
 
@@ -232,8 +271,11 @@ def test_unknown_classes_are_refused_before_loading(flux_dir, tmp_path):
     with pytest.raises(ValueError, match="has no class 'FluxPipelin'"):
         qk.load_pipeline(folder, device="cpu", progress=False)
     (folder / "model_index.json").write_text(json.dumps({**index, "vae": ["diffusers_nope", "AutoencoderKL"]}))
-    with pytest.raises(ImportError, match="names the library 'diffusers_nope', which is not installed. Install it "
-                                          "with: pip install 'diffusers_nope'"):
+    with pytest.raises(
+        ImportError,
+        match="names the library 'diffusers_nope', which is not installed. Install it "
+        "with: pip install 'diffusers_nope'",
+    ):
         qk.load_pipeline(folder, device="cpu", progress=False)
 
 
@@ -272,8 +314,9 @@ def test_a_truncated_or_garbled_weights_file_names_the_file(flux_dir, tmp_path):
     file.write_bytes(data[:-1000])  # was: SafetensorError without a path, from inside diffusers
     with pytest.raises(ValueError) as info:
         qk.load_pipeline(folder, device="cpu", progress=False)
-    assert str(info.value).startswith(f"{file} is truncated: its header describes {len(data)} bytes but the file "
-                                      f"has {len(data) - 1000}")
+    assert str(info.value).startswith(
+        f"{file} is truncated: its header describes {len(data)} bytes but the file has {len(data) - 1000}"
+    )
     file.write_bytes(data[:8] + b"\xff" * 40 + data[48:])
     with pytest.raises(ValueError, match="is not a safetensors file: its header is not JSON"):
         qk.plan(folder)
@@ -341,8 +384,11 @@ def _cached(flux_dir, folder=None):
     from quantkit.backends.gguf_files import component_file
 
     folder = folder or flux_dir / "transformer"
-    layers = qk.plan(flux_dir, PipelineQuantizationConfig(quant_mapping={"transformer": QuantSpec("gguf")}),
-                     device="cpu").components["transformer"].quantized_layers
+    layers = (
+        qk.plan(flux_dir, PipelineQuantizationConfig(quant_mapping={"transformer": QuantSpec("gguf")}), device="cpu")
+        .components["transformer"]
+        .quantized_layers
+    )
     return component_file(folder, {"quant_type": "Q8_0"}, [f"{n}.weight" for n in layers])
 
 
@@ -356,7 +402,7 @@ def test_a_cached_gguf_file_has_a_record_and_damage_is_rewritten(flux_dir, gguf_
     assert len(record["source"]["sha256"]) == 64 and record["source"]["files"][0]["file"].endswith(".safetensors")
 
     middle = len(good) // 2  # random bytes in the middle: was loaded, and drew an all-NaN image
-    path.write_bytes(good[:middle] + bytes(range(256)) * 4 + good[middle + 1024:])
+    path.write_bytes(good[:middle] + bytes(range(256)) * 4 + good[middle + 1024 :])
     with pytest.warns(UserWarning, match=r"Rewriting the cached GGUF file .*: its bytes changed since it was written"):
         assert _cached(flux_dir) == path
     assert path.read_bytes() == good
@@ -423,14 +469,27 @@ def test_a_users_gguf_file_is_reported_with_its_path_never_rewritten(flux_dir, g
     assert str(mine) in str(info.value) and "truncated" in str(info.value)
     assert mine.stat().st_size == path.stat().st_size - 4096  # not touched
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        qk.plan(flux_dir, PipelineQuantizationConfig(quant_mapping={"transformer": QuantSpec(
-            "gguf", gguf_file=tmp_path / "nowhere.gguf")}), device="cpu")
+        qk.plan(
+            flux_dir,
+            PipelineQuantizationConfig(
+                quant_mapping={"transformer": QuantSpec("gguf", gguf_file=tmp_path / "nowhere.gguf")}
+            ),
+            device="cpu",
+        )
 
 
 # -- compare and its command line -----------------------------------------------------------------------------------
 
-FAST = {"prompts": ["a red circle"], "seeds": [0], "warmup": 0, "repeats": 1, "num_inference_steps": 2,
-        "report": False, "progress": False, "use_lpips": False}
+FAST = {
+    "prompts": ["a red circle"],
+    "seeds": [0],
+    "warmup": 0,
+    "repeats": 1,
+    "num_inference_steps": 2,
+    "report": False,
+    "progress": False,
+    "use_lpips": False,
+}
 
 
 @pytest.mark.parametrize(
@@ -501,26 +560,61 @@ def test_a_bad_variants_file_is_one_line_and_exit_1(flux_dir, tmp_path, capsys, 
 @pytest.mark.parametrize(
     ("variants", "options", "error", "words"),
     [
-        ({"typo": PipelineQuantizationConfig(quant_mapping={"transformer": QuantSpec(
-            "quanto", modules_to_not_convert=["proj_ot"])})}, {}, ValueError,
-         "Variant 'typo': modules_to_not_convert entry 'proj_ot' names no module of transformer"),
-        ({"t5": PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                           components_to_quantize=["text_encoder_3"])}, {}, ValueError,
-         "Variant 't5': Component 'text_encoder_3' is not in this FluxPipeline"),
+        (
+            {
+                "typo": PipelineQuantizationConfig(
+                    quant_mapping={"transformer": QuantSpec("quanto", modules_to_not_convert=["proj_ot"])}
+                )
+            },
+            {},
+            ValueError,
+            "Variant 'typo': modules_to_not_convert entry 'proj_ot' names no module of transformer",
+        ),
+        (
+            {
+                "t5": PipelineQuantizationConfig(
+                    quant_backend="quanto",
+                    quant_kwargs={"weights_dtype": "int8"},
+                    components_to_quantize=["text_encoder_3"],
+                )
+            },
+            {},
+            ValueError,
+            "Variant 't5': Component 'text_encoder_3' is not in this FluxPipeline",
+        ),
         ({"q8": QUANTO}, {"sensitivity": "q9"}, ValueError, "sensitivity='q9' names no variant. Did you mean 'q8'?"),
         ({"q8": QUANTO}, {"sensitivity": "baseline"}, ValueError, "is the unquantized baseline"),
-        ({"q8": QUANTO}, {"sensitivity": "q8", "sensitivity_component": "vae"}, ValueError,
-         "sensitivity_component='vae' is not quantized by variant 'q8'"),
+        (
+            {"q8": QUANTO},
+            {"sensitivity": "q8", "sensitivity_component": "vae"},
+            ValueError,
+            "sensitivity_component='vae' is not quantized by variant 'q8'",
+        ),
         ({"q8": QUANTO}, {"keep_sensitive": 2}, ValueError, "keep_sensitive=2 keeps the most sensitive layers"),
         ({"q8": QUANTO}, {"call_kwargs": {"output_type": "pil"}}, ValueError, "sets what compare sets itself"),
-        ({"q8": QUANTO}, {"call_kwargs": {"num_inference_steps": 0}}, ValueError,
-         "call_kwargs['num_inference_steps']=0 is out of range"),
+        (
+            {"q8": QUANTO},
+            {"call_kwargs": {"num_inference_steps": 0}},
+            ValueError,
+            "call_kwargs['num_inference_steps']=0 is out of range",
+        ),
         ({"q8": QUANTO}, {"call_kwargs": {"x": float("nan")}}, TypeError, "call_kwargs must be JSON-able"),
         ({"q8": QUANTO}, {"start_method": "threads"}, ValueError, "start_method='threads' is not available here"),
         ({"q8": QUANTO}, {"prompts": "a red circle"}, TypeError, "for one prompt write prompts=['a red circle']"),
     ],
-    ids=["skip-typo", "no-component", "no-variant", "baseline", "not-quantized", "keep-without-study",
-         "reserved-kwarg", "steps-in-kwargs", "nan-kwarg", "start-method", "prompt-string"],
+    ids=[
+        "skip-typo",
+        "no-component",
+        "no-variant",
+        "baseline",
+        "not-quantized",
+        "keep-without-study",
+        "reserved-kwarg",
+        "steps-in-kwargs",
+        "nan-kwarg",
+        "start-method",
+        "prompt-string",
+    ],
 )
 def test_compare_refuses_before_a_folder_or_a_worker(flux_dir, tmp_path, variants, options, error, words):
     out = tmp_path / "never-made"
@@ -565,14 +659,41 @@ def test_failed_variants_exit_3_say_why_and_when_retry_failed_helps(flux_dir, tm
     out = tmp_path / "out"
     variants = tmp_path / "v.json"
     variants.write_text(json.dumps(variants_to_dict({"baseline": None, "q8": QUANTO})))
-    argv = ["compare", str(flux_dir), "--out", str(out), "--variants", str(variants), "--prompts", "a red circle",
-            "--seeds", "0", "--steps", "2", "--warmup", "0", "--repeats", "1", "--sensitivity", "none",
-            "--no-lpips", "-q"]
+    argv = [
+        "compare",
+        str(flux_dir),
+        "--out",
+        str(out),
+        "--variants",
+        str(variants),
+        "--prompts",
+        "a red circle",
+        "--seeds",
+        "0",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--sensitivity",
+        "none",
+        "--no-lpips",
+        "-q",
+    ]
     qk.compare(flux_dir, {"baseline": None}, out=out, **{**FAST, "report": True})
     # as if q8 had run while optimum-quanto was missing: its record says ImportError (the MISSING_PACKAGE kind)
     error = "ImportError: Cannot quantize 'transformer': package 'optimum.quanto' is not installed."
-    append_record(out, {"variant": "q8", "config": config_dict(QUANTO), "status": "error", "error_type": "ImportError",
-                        "error": error})
+    append_record(
+        out,
+        {
+            "variant": "q8",
+            "config": config_dict(QUANTO),
+            "status": "error",
+            "error_type": "ImportError",
+            "error": error,
+        },
+    )
     assert main(argv) == VARIANTS_FAILED  # a rerun skips it, says so, and says that --retry-failed may help now
     err = capsys.readouterr().err
     assert "warning: Variant 'q8' is recorded as failed" in err
@@ -596,15 +717,32 @@ def test_the_fork_server_exits_at_once_when_compare_is_killed(flux_dir, tmp_path
     import time
 
     root = Path(__file__).resolve().parent.parent
-    command = [sys.executable, "-m", "quantkit", "compare", str(flux_dir), "--out", str(tmp_path / "out"),
-               "--prompts", "a red circle", "--seeds", "0", "--sensitivity", "none", "--no-report", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "quantkit",
+        "compare",
+        str(flux_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--prompts",
+        "a red circle",
+        "--seeds",
+        "0",
+        "--sensitivity",
+        "none",
+        "--no-report",
+        "-q",
+    ]
     proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server, deadline = None, time.time() + 120
     while server is None and time.time() < deadline and proc.poll() is None:
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == proc.pid and b"forkserver" in (
-                        stat.parent / "cmdline").read_bytes():
+                if (
+                    int(stat.read_text().rsplit(")", 1)[1].split()[1]) == proc.pid
+                    and b"forkserver" in (stat.parent / "cmdline").read_bytes()
+                ):
                     server = int(stat.parent.name)
             except (OSError, ValueError, IndexError):
                 continue
@@ -637,8 +775,9 @@ def test_widget_setters_refuse_what_they_cannot_show(flux_dir):
     b = ConfigBuilder(flux_dir, device="cpu")
     with pytest.raises(TypeError, match="ConfigBuilder shows a quantkit PipelineQuantizationConfig, got dict"):
         b.value = {"quant_backend": "quanto"}
-    with pytest.raises(ValueError, match="names 'transformr', which is not a model component.*Did you mean "
-                                         "'transformer'"):  # was: dropped from the controls without a word
+    with pytest.raises(
+        ValueError, match="names 'transformr', which is not a model component.*Did you mean 'transformer'"
+    ):  # was: dropped from the controls without a word
         b.value = PipelineQuantizationConfig(quant_mapping={"transformr": QuantSpec("quanto")})
     with pytest.raises(ValueError, match="device='gpu' is not a device name"):
         b.simple.set_device("gpu")

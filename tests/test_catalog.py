@@ -210,8 +210,9 @@ def test_remote_configs_copies_only_configs(tmp_path):
 def test_plan_of_a_catalog_id_works_offline_through_qk_plan():
     import quantkit as qk
 
-    config = qk.PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                           components_to_quantize=["transformer"])
+    config = qk.PipelineQuantizationConfig(
+        quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"}, components_to_quantize=["transformer"]
+    )
     p = qk.plan("black-forest-labs/FLUX.1-dev", config, device="cuda", torch_dtype="bfloat16", height=1024)
     before = p.components["transformer"].bytes_before
     assert before == pytest.approx(23.8e9, rel=0.01)  # the published BF16 weight file, from configs alone

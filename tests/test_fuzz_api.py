@@ -39,8 +39,9 @@ DOCUMENTED = (ValueError, TypeError, ImportError, RuntimeError, OSError)
 MANY = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 SOME = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))  # calls that plan
 
-QUANTO = PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                    components_to_quantize=["transformer"])
+QUANTO = PipelineQuantizationConfig(
+    quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"}, components_to_quantize=["transformer"]
+)
 
 
 class WorkStarted(BaseException):  # noqa: N818  (not an error: the point past which arguments were all accepted)
@@ -52,14 +53,47 @@ def _refuse_work(*args, **kwargs):
 
 
 WRONG = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**20), max_value=10**20), st.floats(),
-    st.just(math.nan), st.just(math.inf), st.text(max_size=12), st.binary(max_size=6),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(),
+    st.just(math.nan),
+    st.just(math.inf),
+    st.text(max_size=12),
+    st.binary(max_size=6),
     st.lists(st.integers() | st.text(max_size=4), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=4) | st.none(), max_size=3),
-    st.tuples(st.text(max_size=4)), st.sets(st.integers(), max_size=2), st.just(object()),
-    st.just(Path("nowhere/at/all")), st.just(lambda: None), st.just(int), st.just(QUANTO),
-    st.sampled_from(["cpu", "cuda", "cuda:7", "cuda:-1", "gpu", "mps", "cpu:1", "bf16", "int8", "float64",
-                     "transformer", "", " ", "auto", "none", "a/b", ".", "proj_out", "quanto", "gguf"]),
+    st.tuples(st.text(max_size=4)),
+    st.sets(st.integers(), max_size=2),
+    st.just(object()),
+    st.just(Path("nowhere/at/all")),
+    st.just(lambda: None),
+    st.just(int),
+    st.just(QUANTO),
+    st.sampled_from(
+        [
+            "cpu",
+            "cuda",
+            "cuda:7",
+            "cuda:-1",
+            "gpu",
+            "mps",
+            "cpu:1",
+            "bf16",
+            "int8",
+            "float64",
+            "transformer",
+            "",
+            " ",
+            "auto",
+            "none",
+            "a/b",
+            ".",
+            "proj_out",
+            "quanto",
+            "gguf",
+        ]
+    ),
 )
 
 
@@ -110,24 +144,51 @@ option_names = st.sampled_from(sorted({n for a in REGISTRY.values() for n in [*a
 
 
 @MANY
-@given(st.sampled_from(list(REGISTRY)) | WRONG,
-       st.dictionaries(option_names | st.text(max_size=6), VALUES, max_size=3))
+@given(
+    st.sampled_from(list(REGISTRY)) | WRONG, st.dictionaries(option_names | st.text(max_size=6), VALUES, max_size=3)
+)
 def test_quant_spec(backend, kwargs):
     documented(QuantSpec, backend, **kwargs)
 
 
 @MANY
-@given(st.sampled_from(list(REGISTRY)) | WRONG, st.dictionaries(option_names, VALUES, max_size=2) | WRONG,
-       st.lists(st.sampled_from(["transformer", "vae", ""]), max_size=2) | WRONG,
-       st.none() | st.dictionaries(st.sampled_from(["transformer", ""]) | st.text(max_size=3), VALUES, max_size=2))
+@given(
+    st.sampled_from(list(REGISTRY)) | WRONG,
+    st.dictionaries(option_names, VALUES, max_size=2) | WRONG,
+    st.lists(st.sampled_from(["transformer", "vae", ""]), max_size=2) | WRONG,
+    st.none() | st.dictionaries(st.sampled_from(["transformer", ""]) | st.text(max_size=3), VALUES, max_size=2),
+)
 def test_pipeline_quantization_config(backend, kwargs, components, mapping):
-    documented(PipelineQuantizationConfig, quant_backend=backend, quant_kwargs=kwargs,
-               components_to_quantize=components, quant_mapping=mapping)
+    documented(
+        PipelineQuantizationConfig,
+        quant_backend=backend,
+        quant_kwargs=kwargs,
+        components_to_quantize=components,
+        quant_mapping=mapping,
+    )
 
 
-SETTINGS = ["prompts", "seeds", "device", "torch_dtype", "num_inference_steps", "call_kwargs", "warmup", "repeats",
-            "sensitivity", "sensitivity_component", "keep_sensitive", "retry_failed", "strict", "timeout_s",
-            "use_lpips", "clip_model", "report", "progress", "start_method"]
+SETTINGS = [
+    "prompts",
+    "seeds",
+    "device",
+    "torch_dtype",
+    "num_inference_steps",
+    "call_kwargs",
+    "warmup",
+    "repeats",
+    "sensitivity",
+    "sensitivity_component",
+    "keep_sensitive",
+    "retry_failed",
+    "strict",
+    "timeout_s",
+    "use_lpips",
+    "clip_model",
+    "report",
+    "progress",
+    "start_method",
+]
 
 
 @MANY
@@ -184,14 +245,20 @@ def no_work():
     import quantkit.comparison.engine as engine
     import quantkit.load.pipeline as pipeline
 
-    saved = (pipeline.load_component, pipeline.restore_component, pipeline.dtype_kwargs, pipeline._release,
-             engine.Runner)
+    saved = (
+        pipeline.load_component,
+        pipeline.restore_component,
+        pipeline.dtype_kwargs,
+        pipeline._release,
+        engine.Runner,
+    )
     pipeline.load_component = pipeline.restore_component = pipeline.dtype_kwargs = _refuse_work
     pipeline._release = lambda device: None  # its gc.collect() takes ~0.7 s with torch loaded, and nothing was loaded
     engine.Runner = _refuse_work
     yield
-    (pipeline.load_component, pipeline.restore_component, pipeline.dtype_kwargs, pipeline._release,
-     engine.Runner) = saved
+    (pipeline.load_component, pipeline.restore_component, pipeline.dtype_kwargs, pipeline._release, engine.Runner) = (
+        saved
+    )
 
 
 configs = st.sampled_from([None, QUANTO, PipelineQuantizationConfig(quant_mapping={"vae": QuantSpec("gguf")})])
@@ -208,8 +275,17 @@ def test_plan(flux_dir, sandbox, data):
 @SOME
 @given(data=st.data())
 def test_load_pipeline(flux_dir, sandbox, no_work, data):
-    kwargs = one_wrong(data, {"source": flux_dir, "config": data.draw(configs), "torch_dtype": None, "device": "cpu",
-                              "progress": False, "malloc_tuning": None})
+    kwargs = one_wrong(
+        data,
+        {
+            "source": flux_dir,
+            "config": data.draw(configs),
+            "torch_dtype": None,
+            "device": "cpu",
+            "progress": False,
+            "malloc_tuning": None,
+        },
+    )
     with _in(sandbox):
         documented(qk.load_pipeline, **kwargs)
 
@@ -223,12 +299,32 @@ def test_footprint(obj):
 @SOME
 @given(data=st.data())
 def test_compare(flux_dir, sandbox, no_work, data):
-    variants = data.draw(st.one_of(st.just({"baseline": None}), st.just({"baseline": None, "q8": QUANTO}),
-                                   st.dictionaries(st.text(max_size=4), WRONG, min_size=1, max_size=2)))
-    valid = {"source": flux_dir, "variants": variants, "settings": None, "out": None, "on_record": None,
-             "stop": None, **{name: None for name in ("sensitivity", "sensitivity_component", "device", "timeout_s")},
-             "prompts": ["a red circle"], "seeds": [0], "num_inference_steps": 2, "call_kwargs": {}, "warmup": 0,
-             "repeats": 1, "keep_sensitive": 0, "start_method": None, "report": False, "progress": False}
+    variants = data.draw(
+        st.one_of(
+            st.just({"baseline": None}),
+            st.just({"baseline": None, "q8": QUANTO}),
+            st.dictionaries(st.text(max_size=4), WRONG, min_size=1, max_size=2),
+        )
+    )
+    valid = {
+        "source": flux_dir,
+        "variants": variants,
+        "settings": None,
+        "out": None,
+        "on_record": None,
+        "stop": None,
+        **{name: None for name in ("sensitivity", "sensitivity_component", "device", "timeout_s")},
+        "prompts": ["a red circle"],
+        "seeds": [0],
+        "num_inference_steps": 2,
+        "call_kwargs": {},
+        "warmup": 0,
+        "repeats": 1,
+        "keep_sensitive": 0,
+        "start_method": None,
+        "report": False,
+        "progress": False,
+    }
     with _in(sandbox):
         documented(qk.compare, **one_wrong(data, valid))
 
@@ -258,8 +354,11 @@ def widgets(flux_dir):
     pytest.importorskip("ipywidgets")
     from quantkit.show.widgets import CompareDashboard, ConfigBuilder, LayerInspector
 
-    return (ConfigBuilder(flux_dir, device="cpu"), LayerInspector(flux_dir, QUANTO, device="cpu", analyze=False),
-            CompareDashboard(flux_dir, {"q8": QUANTO}))
+    return (
+        ConfigBuilder(flux_dir, device="cpu"),
+        LayerInspector(flux_dir, QUANTO, device="cpu", analyze=False),
+        CompareDashboard(flux_dir, {"q8": QUANTO}),
+    )
 
 
 @SOME

@@ -15,8 +15,9 @@ K_TYPES = ["Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K"]
 
 
 def gguf(quant_type: str, **more) -> PipelineQuantizationConfig:
-    return PipelineQuantizationConfig(quant_backend="gguf", quant_kwargs={"quant_type": quant_type, **more},
-                                      components_to_quantize=["transformer"])
+    return PipelineQuantizationConfig(
+        quant_backend="gguf", quant_kwargs={"quant_type": quant_type, **more}, components_to_quantize=["transformer"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,9 @@ def reference(flux_dir):
 def images(flux_dir):
     out = {}
     for quant_type in K_TYPES:
-        pipe = qk.load_pipeline(flux_dir, gguf(quant_type, compute_dtype="float32"), torch_dtype=BF16,
-                                device="cpu", progress=False)
+        pipe = qk.load_pipeline(
+            flux_dir, gguf(quant_type, compute_dtype="float32"), torch_dtype=BF16, device="cpu", progress=False
+        )
         kinds = {m.weight.quant_type.name for m in pipe.transformer.modules() if type(m).__name__ == "GGUFLinear"}
         assert kinds == {quant_type}
         out[quant_type] = generate(pipe)
@@ -48,8 +50,9 @@ def test_a_k_quant_file_loads_the_same_through_diffusers_single_file(flux_dir, i
     from quantkit.backends.gguf import _from_single_file
     from quantkit.backends.gguf_files import cache_dir
 
-    pipe = qk.load_pipeline(flux_dir, gguf("Q4_K", compute_dtype="float32"), torch_dtype=BF16, device="cpu",
-                            progress=False)
+    pipe = qk.load_pipeline(
+        flux_dir, gguf("Q4_K", compute_dtype="float32"), torch_dtype=BF16, device="cpu", progress=False
+    )
     (path,) = sorted(cache_dir().glob("transformer-Q4_K-*.gguf"))
     c = pipe.quantkit_plan.components["transformer"]
     theirs = _from_single_file(c, path, BF16, BF16, "cpu")
@@ -70,8 +73,10 @@ def test_a_mix_on_a_tiny_model_keeps_everything_and_says_why(flux_dir):
 def test_a_mix_on_flux_dev_decides_per_layer(tmp_path):
     """Q4_K_M on FLUX.1-dev's transformer, from the catalog's configs (offline): value and FFN-down projections
     get Q6_K, the rest Q4_K, the model's edges stay in full precision; the bytes fall between Q4_K and Q6_K."""
-    plans = {t: qk.plan("black-forest-labs/FLUX.1-dev", gguf(t), device="cuda", torch_dtype="bfloat16")
-             for t in ("Q4_K", "Q4_K_M", "Q6_K")}
+    plans = {
+        t: qk.plan("black-forest-labs/FLUX.1-dev", gguf(t), device="cuda", torch_dtype="bfloat16")
+        for t in ("Q4_K", "Q4_K_M", "Q6_K")
+    }
     layers = plans["Q4_K_M"].layers("transformer").set_index("layer")["quantization"]
     assert layers["transformer_blocks.0.attn.to_v"].startswith("Q6_K (attention value projection")
     assert layers["transformer_blocks.0.ff.net.2"].startswith("Q6_K (FFN down projection")

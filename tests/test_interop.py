@@ -37,8 +37,9 @@ NEEDS_GPU_IN_DIFFUSERS = {"bnb-nf4", "bnb-int8"}  # diffusers' bitsandbytes load
 
 def config(case, components=("transformer",), **extra):
     backend, kwargs, _ = GGUF if case == "gguf" else CASES[case]
-    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs={**kwargs, **extra},
-                                      components_to_quantize=list(components))
+    return PipelineQuantizationConfig(
+        quant_backend=backend, quant_kwargs={**kwargs, **extra}, components_to_quantize=list(components)
+    )
 
 
 def load(folder, cfg=None, **kwargs):
@@ -48,8 +49,15 @@ def load(folder, cfg=None, **kwargs):
 def draw(pipe):
     """One image with explicit call arguments (a pipeline diffusers loads alone has no generation defaults)."""
     generator = torch.Generator("cpu").manual_seed(0)
-    return pipe("a red circle", generator=generator, num_inference_steps=2, height=32, width=32,
-                max_sequence_length=16, output_type="np").images[0]
+    return pipe(
+        "a red circle",
+        generator=generator,
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        max_sequence_length=16,
+        output_type="np",
+    ).images[0]
 
 
 def layer_type(pipe) -> str:
@@ -73,8 +81,13 @@ def test_components_are_quantized_models_of_their_library(flux_dir, case):
     assert type(native).__module__.startswith("diffusers.")
     assert isinstance(t.hf_quantizer, DiffusersQuantizer) and type(t.hf_quantizer).__module__.startswith("diffusers.")
     assert t.hf_quantizer.pre_quantized and t.is_quantized and t.quantization_method == native.quant_method
-    assert _check_bnb_status(t) == ((True, True, False) if case == "bnb-nf4" else (True, False, True)
-                                    if case == "bnb-int8" else (False, False, False))
+    assert _check_bnb_status(t) == (
+        (True, True, False)
+        if case == "bnb-nf4"
+        else (True, False, True)
+        if case == "bnb-int8"
+        else (False, False, False)
+    )
     te = pipe.text_encoder_2
     if case == "gguf":  # transformers has no GGUF-quantized models: its save says so instead
         assert not getattr(te, "is_quantized", False)
@@ -107,8 +120,9 @@ def test_save_round_trips(flux_dir, tmp_path, case):
             with pytest.raises(RuntimeError, match="No GPU found"):
                 DiffusionPipeline.from_pretrained(folder, dtype=BF16)
         else:
-            _, info = FluxTransformer2DModel.from_pretrained(folder / "transformer", dtype=BF16,
-                                                             output_loading_info=True)
+            _, info = FluxTransformer2DModel.from_pretrained(
+                folder / "transformer", dtype=BF16, output_loading_info=True
+            )
             assert info["missing_keys"] == [] and info["mismatched_keys"] == []
             alone = DiffusionPipeline.from_pretrained(folder, dtype=BF16)
             assert layer_type(alone) == CASES[case][2]
@@ -154,14 +168,20 @@ def test_gguf_component_saves_as_a_gguf_file(flux_dir, tmp_path):
     gguf_file = folder / "transformer" / "diffusion_pytorch_model.gguf"
     assert gguf_file.is_file() and not list((folder / "transformer").glob("*.safetensors"))
     transformer = FluxTransformer2DModel.from_single_file(
-        str(gguf_file), quantization_config=GGUFQuantizationConfig(compute_dtype=BF16), config=str(folder),
-        subfolder="transformer", dtype=BF16)
+        str(gguf_file),
+        quantization_config=GGUFQuantizationConfig(compute_dtype=BF16),
+        config=str(folder),
+        subfolder="transformer",
+        dtype=BF16,
+    )
     alone = FluxPipeline.from_pretrained(folder, transformer=transformer, dtype=BF16)
     assert layer_type(alone) == "GGUFLinear"
     db_single = psnr(draw(alone), before)
     again = qk.load_pipeline(folder, progress=False, device="cpu")
-    assert layer_type(again) == "GGUFLinear" and str(again.quantkit_plan.components["transformer"].loader) == \
-        "quantkit restore"
+    assert (
+        layer_type(again) == "GGUFLinear"
+        and str(again.quantkit_plan.components["transformer"].loader) == "quantkit restore"
+    )
     db_qk = psnr(draw(again), before)
     print(f"gguf Q8_0: from_single_file {db_single:.1f} dB, quantkit {db_qk:.1f} dB")
     assert db_single >= ROUND_TRIP_DB and db_qk >= ROUND_TRIP_DB
@@ -182,7 +202,10 @@ def test_what_a_library_cannot_express_is_refused_not_saved_wrong(flux_dir, tmp_
         pipe.save_pretrained(tmp_path / "refused")
     folder = qk.save_pipeline(pipe, tmp_path / "saved")
     assert sorted(p.name for p in (folder / "transformer").iterdir()) == [
-        "config.json", "quantkit_quantization.json", "quantkit_weights.safetensors"]
+        "config.json",
+        "quantkit_quantization.json",
+        "quantkit_weights.safetensors",
+    ]
     assert "quantization_config" not in json.loads((folder / "transformer" / "config.json").read_text())
     with pytest.raises(OSError, match="no file named"):
         DiffusionPipeline.from_pretrained(folder, dtype=BF16)
@@ -216,7 +239,9 @@ def test_text_encoder_transformers_cannot_save_gets_quantkits_format(flux_dir, t
     assert (folder / "text_encoder_2" / "quantkit_weights.safetensors").is_file()  # transformers cannot: quantkit's
     again = qk.load_pipeline(folder, progress=False, device="cpu")
     assert {n: str(c.loader) for n, c in again.quantkit_plan.components.items() if c.spec} == {
-        "transformer": "quantkit restore", "text_encoder_2": "quantkit restore"}
+        "transformer": "quantkit restore",
+        "text_encoder_2": "quantkit restore",
+    }
     assert psnr(draw(again), before) >= ROUND_TRIP_DB
 
 
@@ -255,8 +280,10 @@ def test_moves_behave_as_diffusers_quantized_models(flux_dir):
             pipe.transformer.to("cuda")
     bnb = load(flux_dir, config("bnb-int8"))
     bnb.to(torch.float16)  # a pipeline leaves bitsandbytes layers as they are (diffusers warns)
-    assert layer_type(bnb) == "Linear8bitLt" and bnb.transformer.transformer_blocks[0].attn.to_q.weight.dtype == \
-        torch.int8
+    assert (
+        layer_type(bnb) == "Linear8bitLt"
+        and bnb.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.int8
+    )
 
 
 # -- offload and compile: CUDA only, refused before any work on CPU -----------------------------------------

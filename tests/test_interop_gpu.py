@@ -30,14 +30,22 @@ CASES = {
 
 def config(case):
     backend, kwargs, _ = CASES[case]
-    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
-                                      components_to_quantize=["transformer", "text_encoder_2"])
+    return PipelineQuantizationConfig(
+        quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=["transformer", "text_encoder_2"]
+    )
 
 
 def draw(pipe):
     generator = torch.Generator("cpu").manual_seed(0)  # same noise on every device
-    return pipe("a red circle", generator=generator, num_inference_steps=2, height=32, width=32,
-                max_sequence_length=16, output_type="np").images[0]
+    return pipe(
+        "a red circle",
+        generator=generator,
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        max_sequence_length=16,
+        output_type="np",
+    ).images[0]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -96,10 +104,26 @@ def test_compare_records_offload_and_compile(flux_dir, tmp_path):
     from quantkit.comparison.variants import QuantVariant
 
     cfg = config("torchao-int8wo")
-    variants = {"baseline": None, "ao": cfg, "ao-model": QuantVariant(cfg, offload="model"),
-                "ao-compile": QuantVariant(cfg, compile=True)}
-    results = qk.compare(flux_dir, variants, out=tmp_path / "cmp", device="cuda", prompts=["a red circle"],
-                         seeds=[0], warmup=1, repeats=1, report=False, progress=False, use_lpips=False, strict=True)
+    variants = {
+        "baseline": None,
+        "ao": cfg,
+        "ao-model": QuantVariant(cfg, offload="model"),
+        "ao-compile": QuantVariant(cfg, compile=True),
+    }
+    results = qk.compare(
+        flux_dir,
+        variants,
+        out=tmp_path / "cmp",
+        device="cuda",
+        prompts=["a red circle"],
+        seeds=[0],
+        warmup=1,
+        repeats=1,
+        report=False,
+        progress=False,
+        use_lpips=False,
+        strict=True,
+    )
     records = {r["variant"]: r for r in results.records}
     assert records["ao-model"]["offload"] == "model" and records["ao-model"]["compile"] is None
     assert records["ao-compile"]["compile"] == "regional" and records["ao-compile"]["offload"] is None

@@ -32,6 +32,8 @@ CASES = {
     "quanto-int8": ("quanto", {"weights_dtype": "int8"}, "QLinear", 40),
     "torchao-int8wo": ("torchao", {"quant_type": "int8wo"}, "Linear", 40),
 }
+
+
 def load(folder, config, **kwargs):
     return qk.load_pipeline(folder, config, torch_dtype=BF16, device="cpu", progress=False, **kwargs)
 

@@ -52,8 +52,9 @@ def make_lora(flux_dir, folder: Path, seed: int, strength: float = 8.0) -> Path:
     torch.manual_seed(seed)
     transformer.add_adapter(lora)
     state = {k: v * strength if "lora_B" in k else v for k, v in get_peft_model_state_dict(transformer).items()}
-    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=state,
-                                   transformer_lora_adapter_metadata=lora.to_dict())
+    FluxPipeline.save_lora_weights(
+        folder, transformer_lora_layers=state, transformer_lora_adapter_metadata=lora.to_dict()
+    )
     return Path(folder)
 
 
@@ -65,8 +66,9 @@ def loras(flux_dir, tmp_path_factory):
 
 def config(case):
     backend, kwargs, _ = CASES[case]
-    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
-                                      components_to_quantize=["transformer"])
+    return PipelineQuantizationConfig(
+        quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=["transformer"]
+    )
 
 
 def load(folder, cfg=None, **kwargs):
@@ -75,8 +77,15 @@ def load(folder, cfg=None, **kwargs):
 
 def draw(pipe):
     """One image with explicit call arguments (a pipeline diffusers saved has no generation defaults)."""
-    return pipe("a red circle", generator=torch.Generator("cpu").manual_seed(0), num_inference_steps=2, height=32,
-                width=32, max_sequence_length=16, output_type="np").images[0]
+    return pipe(
+        "a red circle",
+        generator=torch.Generator("cpu").manual_seed(0),
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        max_sequence_length=16,
+        output_type="np",
+    ).images[0]
 
 
 def lora_steps(pipe, loras) -> dict:
@@ -108,8 +117,10 @@ def test_lora_methods_on_quantized_transformer(flux_dir, loras, bf16_steps, case
     got = lora_steps(pipe, loras)
     vs_bf16 = {k: psnr(got[k], bf16_steps[k]) for k in got}
     effect = psnr(got["a"], got["none"])
-    print(f"{case}: vs bf16 {({k: round(v, 1) for k, v in vs_bf16.items()})}, LoRA effect {effect:.1f} dB, "
-          f"unfused vs before fuse {psnr(got['unfused'], got['ab']):.1f} dB")
+    print(
+        f"{case}: vs bf16 { ({k: round(v, 1) for k, v in vs_bf16.items()}) }, LoRA effect {effect:.1f} dB, "
+        f"unfused vs before fuse {psnr(got['unfused'], got['ab']):.1f} dB"
+    )
     for step in ("a", "ab", "fused", "unloaded"):
         assert vs_bf16[step] >= minimum, step
     assert effect <= min(vs_bf16["a"], vs_bf16["ab"]) - 6  # the LoRA changes the image 4x more than quantizing
@@ -133,8 +144,10 @@ def test_quanto_state_dict_answers_for_the_weight_key_diffusers_lora_loader_read
     import copy
     import pickle
 
-    assert type(pickle.loads(pickle.dumps(state))).__name__ == "OrderedDict" and copy.deepcopy(state).keys() == \
-        state.keys()
+    assert (
+        type(pickle.loads(pickle.dumps(state))).__name__ == "OrderedDict"
+        and copy.deepcopy(state).keys() == state.keys()
+    )
 
 
 @pytest.mark.parametrize("case", ["quanto-int8", "torchao-int8wo", "bnb-int8", "bnb-nf4"])
@@ -174,11 +187,15 @@ def test_fuse_then_quantize_gguf_and_unquantized_components(flux_dir, loras, tmp
     reference.fuse_lora()
     reference.unload_lora_weights()
     expected = draw(reference)
-    gguf = PipelineQuantizationConfig(quant_backend="gguf", quant_kwargs={"quant_type": "Q8_0", "compute_dtype": BF16},
-                                      components_to_quantize=["transformer"])
+    gguf = PipelineQuantizationConfig(
+        quant_backend="gguf",
+        quant_kwargs={"quant_type": "Q8_0", "compute_dtype": BF16},
+        components_to_quantize=["transformer"],
+    )
     db_gguf = psnr(draw(load(flux_dir, gguf, lora=loras[0])), expected)
-    unquantized = PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                             components_to_quantize=["text_encoder_2"])
+    unquantized = PipelineQuantizationConfig(
+        quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"}, components_to_quantize=["text_encoder_2"]
+    )
     db_plain = psnr(draw(load(flux_dir, unquantized, lora=loras[0])), expected)
     print(f"fuse-then-quantize vs bf16 fused: gguf Q8_0 {db_gguf:.1f} dB, transformer unquantized {db_plain:.1f} dB")
     assert db_gguf >= 35 and db_plain >= 35
@@ -197,8 +214,10 @@ def test_lora_argument_is_checked_before_loading(flux_dir, loras, tmp_path, monk
         load(flux_dir, config("quanto-int8"), lora=(loras[0], "strong"))
     from safetensors.torch import load_file
 
-    state = {f"transformer.{k.removeprefix('transformer.')}": v
-             for k, v in load_file(str(loras[0] / "pytorch_lora_weights.safetensors")).items()}
+    state = {
+        f"transformer.{k.removeprefix('transformer.')}": v
+        for k, v in load_file(str(loras[0] / "pytorch_lora_weights.safetensors")).items()
+    }
     bad = {k.replace("to_q", "to_nothing"): v for k, v in state.items()}
     with pytest.raises(ValueError, match="is not a Linear layer of FluxTransformer2DModel"):
         load(flux_dir, config("quanto-int8"), lora=bad)

@@ -21,10 +21,16 @@ def _workflow_block() -> str:
 
 @pytest.mark.slow
 def test_the_workflow_block_runs_and_prints_what_it_says(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "QUANTKIT_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-c", _workflow_block()], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "QUANTKIT_CACHE": str(tmp_path / "cache"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _workflow_block()], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     # the plan: per component, the backend on the two components named, the rest as they are, bf16 like the load

@@ -12,9 +12,8 @@ import re
 
 import pytest
 
-from quantkit.units import GiB, KiB, MiB, human_bytes
-
 from quantkit.comparison import CompareResults
+from quantkit.units import GiB, KiB, MiB, human_bytes
 
 ENV = {"python": "3.11.7", "versions": {"quantkit": "0.1.0", "torch": "2.13.0+cpu"}, "cpu": "AMD EPYC",
        "cpu_count": 2, "torch_threads": 2, "device": "cpu", "device_name": "AMD EPYC"}  # fmt: skip

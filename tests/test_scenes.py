@@ -40,11 +40,14 @@ def test_grammar_meaning():
     assert count.form == "count" and count.n_objects == 2 and count.objects[0] == count.objects[1]
 
 
-@pytest.mark.parametrize("prompt, message", [
-    ("a pink circle", "Cannot parse 'a pink circle'"),
-    ("a yellow circle on a yellow background", "would be invisible"),
-    ("a red circle left of a red circle", "must differ in color or shape"),
-])
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("a pink circle", "Cannot parse 'a pink circle'"),
+        ("a yellow circle on a yellow background", "would be invisible"),
+        ("a red circle left of a red circle", "must differ in color or shape"),
+    ],
+)
 def test_grammar_rejects_with_a_useful_message(prompt, message):
     with pytest.raises(ValueError, match=message):
         scenes.parse_prompt(prompt)
@@ -180,13 +183,16 @@ def test_adherence_picks_the_world_by_image_size():
 
 
 def test_overlapping_marks_front_neighbours_that_cannot_be_told_apart():
-    frame = pd.DataFrame({
-        "status": ["ok"] * 5,
-        "quantization": ["-", "int8", "int4", "nf4", "int2"],
-        "bytes": [100.0, 50.0, 30.0, 29.0, 20.0],
-        "psnr": [None, 40.0, 30.0, 29.5, 20.0],
-        "psnr_ci": [None, [39.0, 41.0], [29.0, 31.0], [28.5, 30.5], [19.0, 21.0]],
-    }, index=["baseline", "int8", "int4", "nf4", "int2"])
+    frame = pd.DataFrame(
+        {
+            "status": ["ok"] * 5,
+            "quantization": ["-", "int8", "int4", "nf4", "int2"],
+            "bytes": [100.0, 50.0, 30.0, 29.0, 20.0],
+            "psnr": [None, 40.0, 30.0, 29.5, 20.0],
+            "psnr_ci": [None, [39.0, 41.0], [29.0, 31.0], [28.5, 30.5], [19.0, 21.0]],
+        },
+        index=["baseline", "int8", "int4", "nf4", "int2"],
+    )
     # front by bytes: int2 (20) < nf4 (29) < int4 (30) < int8 (50) < baseline — all on it
     assert overlapping(frame, "psnr") == {"nf4", "int4"}
     with pytest.raises(ValueError, match="with_intervals"):

@@ -267,8 +267,9 @@ class Backend:
         return None
 
     @classmethod
-    def layer_problem(cls, kwargs: dict[str, Any], in_features: int, out_features: int, device: str,
-                      layer: str | None = None) -> str | None:
+    def layer_problem(
+        cls, kwargs: dict[str, Any], in_features: int, out_features: int, device: str, layer: str | None = None
+    ) -> str | None:
         """Why this backend keeps a Linear of this shape (named `layer`, when known) in full precision, or None to
         quantize it."""
         return None
@@ -298,8 +299,9 @@ class Backend:
 
     # -- sizes and quantization --------------------------------------------------------------
     @classmethod
-    def weight_bytes(cls, kwargs: dict[str, Any], out_features: int, in_features: int, dtype_bytes: int,
-                     layer: str | None = None) -> int:
+    def weight_bytes(
+        cls, kwargs: dict[str, Any], out_features: int, in_features: int, dtype_bytes: int, layer: str | None = None
+    ) -> int:
         """Bytes one quantized Linear weight (named `layer`, when known) takes, statistics included (bias not
         included)."""
         raise NotImplementedError
@@ -386,8 +388,10 @@ class Backend:
         skip = cls.native_skip(model, layers, library)
         reason = None
         if skip is None or {n for n in cls._linears(model) if cls.native_converts(n, skip, library)} != set(layers):
-            reason = (f"{library}'s {cls.name} quantizer would convert other Linear layers than the {len(layers)} "
-                      "quantkit quantized (its modules_to_not_convert cannot name the layers kept in full precision)")
+            reason = (
+                f"{library}'s {cls.name} quantizer would convert other Linear layers than the {len(layers)} "
+                "quantkit quantized (its modules_to_not_convert cannot name the layers kept in full precision)"
+            )
             skip = skip or []
         option = next((n for n in ("modules_to_not_convert", "llm_int8_skip_modules") if n in cls.options), None)
         native_kwargs = {**kwargs, option: skip or None} if option else dict(kwargs)
@@ -441,8 +445,9 @@ class Backend:
         return None
 
     @classmethod
-    def restore_native(cls, model, kwargs: dict[str, Any], state: dict[str, Any], metadata: dict[str, str],
-                       device) -> list[str]:
+    def restore_native(
+        cls, model, kwargs: dict[str, Any], state: dict[str, Any], metadata: dict[str, str], device
+    ) -> list[str]:
         """Put the quantized layers of a state dict in the library's own saved format into the meta-device `model`
         (popping the tensors used from `state`); returns the names of the layers restored."""
         import torch
@@ -452,7 +457,7 @@ class Backend:
             if not isinstance(module, torch.nn.Linear):
                 continue
             prefix = f"{name}."  # a Linear has no children: every key under its name is its own
-            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             meta = cls.native_layer_meta(own, kwargs) if own else None
             if meta is None:
                 continue
@@ -493,6 +498,7 @@ class Backend:
     @classmethod
     def after_move(cls, model) -> None:
         """After `model.to(...)`: move side tensors nn.Module.to does not see, so that they follow their weight."""
+
 
 def _short(value: Any, limit: int = 60) -> str:
     """repr(value), cut to `limit` characters (an error message quotes what was given, not a megabyte of it)."""

@@ -90,7 +90,9 @@ class GGUF(Backend):
         if quant_type in MIXES:
             from .gguf_mixes import tensor_type
 
-            kind, reason = tensor_type(quant_type, f"{layer or ''}.weight", (out_features, in_features), float_type="F32")
+            kind, reason = tensor_type(
+                quant_type, f"{layer or ''}.weight", (out_features, in_features), float_type="F32"
+            )
             return (None if kind in ("F32", "F16", "BF16") else kind), reason
         block = BLOCKS[quant_type][0]
         if in_features % block:
@@ -140,8 +142,10 @@ class GGUF(Backend):
         if not isinstance(weight, GGUFParameter):  # quantized here (not read from a file): no name, so by shape
             kind, reason = cls.layer_type(kwargs, None, linear.out_features, linear.in_features)
             if kind is None:
-                raise ValueError(f"This Linear ({linear.in_features}->{linear.out_features}) stays in full precision "
-                                 f"under GGUF {cls.resolved(kwargs)['quant_type']}: {reason}.")
+                raise ValueError(
+                    f"This Linear ({linear.in_features}->{linear.out_features}) stays in full precision "
+                    f"under GGUF {cls.resolved(kwargs)['quant_type']}: {reason}."
+                )
             weight = quantize_tensor(weight.detach(), kind)
         compute = to_torch_dtype(cls.resolved(kwargs)["compute_dtype"]) or (
             linear.weight.dtype if linear.weight.is_floating_point() else torch.float32
@@ -192,8 +196,9 @@ class GGUF(Backend):
 
         r = cls.resolved(c.spec.kwargs)
         types = _layer_types(c)
-        path = component_file(c.folder, c.spec.kwargs, [f"{n}.weight" for n in c.quantized_layers], progress=progress,
-                              types=types)
+        path = component_file(
+            c.folder, c.spec.kwargs, [f"{n}.weight" for n in c.quantized_layers], progress=progress, types=types
+        )
         reader = read_gguf(path)
         expected = {k: s for k, (_, s) in read_headers(c.folder).items()}
         own_names = bool(set(gguf_shapes(reader)) & set(expected))
@@ -234,7 +239,6 @@ class GGUF(Backend):
             new.bias = torch.nn.Parameter(tensors["bias"].to(device), requires_grad=False)
         return new
 
-
     # -- first-class models ------------------------------------------------------------------------
     SAVED_FILE = "diffusion_pytorch_model.gguf"  # what save_native_file writes into a diffusers component folder
 
@@ -248,13 +252,17 @@ class GGUF(Backend):
         kwargs = {**kwargs, "compute_dtype": dtype_name(compute)} if compute is not None else kwargs
         super().attach_native(model, kwargs, library, layers, dtype)
         if library == "diffusers":
-            return ("diffusers cannot save GGUF models (it loads them with from_single_file only); "
-                    f"quantkit.save_pipeline(pipe, folder) writes this component as <component>/{cls.SAVED_FILE}, "
-                    "which quantkit.load_pipeline(folder) and Model.from_single_file(path, quantization_config="
-                    "GGUFQuantizationConfig(compute_dtype=...), config=folder, subfolder=<component>) load")
-        return ("transformers keeps no GGUF-quantized models (its GGUF loader unpacks the blocks); "
-                "quantkit.save_pipeline(pipe, folder) saves this component in quantkit's own format, which "
-                "quantkit.load_pipeline(folder) loads")
+            return (
+                "diffusers cannot save GGUF models (it loads them with from_single_file only); "
+                f"quantkit.save_pipeline(pipe, folder) writes this component as <component>/{cls.SAVED_FILE}, "
+                "which quantkit.load_pipeline(folder) and Model.from_single_file(path, quantization_config="
+                "GGUFQuantizationConfig(compute_dtype=...), config=folder, subfolder=<component>) load"
+            )
+        return (
+            "transformers keeps no GGUF-quantized models (its GGUF loader unpacks the blocks); "
+            "quantkit.save_pipeline(pipe, folder) saves this component in quantkit's own format, which "
+            "quantkit.load_pipeline(folder) loads"
+        )
 
     @classmethod
     def save_native_file(cls, model, folder, library):
@@ -325,7 +333,6 @@ class GGUF(Backend):
         layer.weight = GGUFParameter(packed.data.to(layer.weight.device), quant_type=packed.quant_type)
 
 
-
 def _layer_types(c) -> dict[str, str]:
     """{weight tensor name: GGUF type} of a component's quantized layers (where a mix varies them)."""
     from ..checkpoint import read_headers
@@ -370,5 +377,14 @@ def _from_single_file(c, path: Path, dtype, compute, device: str):
     return model.to(device).eval()
 
 
-__all__ = ["BLOCKS", "GGUF", "WRITABLE", "GGUFSource", "cache_dir", "component_file", "gguf_shapes", "read_gguf",
-           "write_gguf"]
+__all__ = [
+    "BLOCKS",
+    "GGUF",
+    "WRITABLE",
+    "GGUFSource",
+    "cache_dir",
+    "component_file",
+    "gguf_shapes",
+    "read_gguf",
+    "write_gguf",
+]

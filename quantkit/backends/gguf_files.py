@@ -162,8 +162,12 @@ def _read_record(path: Path) -> dict | None:
         record = json.loads(record_path(path).read_text())
     except (OSError, ValueError):
         return None
-    ok = (isinstance(record, dict) and record.get("format_version") == FORMAT_VERSION
-          and isinstance(record.get("file"), dict) and isinstance(record.get("source"), dict))
+    ok = (
+        isinstance(record, dict)
+        and record.get("format_version") == FORMAT_VERSION
+        and isinstance(record.get("file"), dict)
+        and isinstance(record.get("source"), dict)
+    )
     return record if ok else None
 
 
@@ -396,8 +400,14 @@ class GGUFSource:
         self._tensors.clear()
 
 
-def component_file(folder: Path, kwargs: dict[str, Any], quantize: list[str], *, progress: bool = False,
-                   types: dict[str, str] | None = None) -> Path:
+def component_file(
+    folder: Path,
+    kwargs: dict[str, Any],
+    quantize: list[str],
+    *,
+    progress: bool = False,
+    types: dict[str, str] | None = None,
+) -> Path:
     """The GGUF file for a component: the user's `gguf_file`, else quantkit's cached one (written if absent)."""
     from .gguf import GGUF
 
@@ -426,6 +436,21 @@ def component_file(folder: Path, kwargs: dict[str, Any], quantize: list[str], *,
     return path
 
 
-__all__ = ["MIXES", "GGUFSource", "pack", "cache_dir", "cache_problem", "check_matches", "component_file", "file_digest", "gguf_shapes",
-           "quantize_tensor", "read_gguf", "record_path", "remove_stale_temps", "source_digest", "write_gguf",
-           "write_record"]
+__all__ = [
+    "MIXES",
+    "GGUFSource",
+    "pack",
+    "cache_dir",
+    "cache_problem",
+    "check_matches",
+    "component_file",
+    "file_digest",
+    "gguf_shapes",
+    "quantize_tensor",
+    "read_gguf",
+    "record_path",
+    "remove_stale_temps",
+    "source_digest",
+    "write_gguf",
+    "write_record",
+]

@@ -47,7 +47,7 @@ def _cuda_here() -> bool:
 
 
 def _where(adapter, device: str, have: bool) -> str:
-    """"yes" when a default config of `adapter` runs on `device` here, else "no: why"."""
+    """ "yes" when a default config of `adapter` runs on `device` here, else "no: why"."""
     missing = adapter.package_problem()
     if missing is not None:
         return f"no: {missing.reason} (pip install '{adapter.pip_spec}')"
@@ -79,11 +79,19 @@ def backend_status() -> list[BackendStatus]:
 
         main = next(iter(adapter.options))
         cuda_only = tuple(
-            str(choice) for choice in adapter.option_choices(main) or ()
-            if _needs_cuda(adapter, {main: choice})
+            str(choice) for choice in adapter.option_choices(main) or () if _needs_cuda(adapter, {main: choice})
         )
-        out.append(BackendStatus(name, adapter.pip_spec, version, _where(adapter, "cpu", True),
-                                 _where(adapter, "cuda", cuda_here), adapter.bits, cuda_only))
+        out.append(
+            BackendStatus(
+                name,
+                adapter.pip_spec,
+                version,
+                _where(adapter, "cpu", True),
+                _where(adapter, "cuda", cuda_here),
+                adapter.bits,
+                cuda_only,
+            )
+        )
     return out
 
 

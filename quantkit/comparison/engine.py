@@ -39,10 +39,16 @@ from .store import (
 from .variants import check_variants, config_dict, config_key, default_variants
 
 
-def compare(source=None, variants: dict[str, PipelineQuantizationConfig | None] | None = None,
-            settings: CompareSettings | None = None, *, out: str | Path | None = None,
-            on_record: Callable[[VariantRecord], object] | None = None, stop: threading.Event | None = None,
-            **options) -> CompareResults:
+def compare(
+    source=None,
+    variants: dict[str, PipelineQuantizationConfig | None] | None = None,
+    settings: CompareSettings | None = None,
+    *,
+    out: str | Path | None = None,
+    on_record: Callable[[VariantRecord], object] | None = None,
+    stop: threading.Event | None = None,
+    **options,
+) -> CompareResults:
     """Run every variant of `source` in its own worker process and record memory, speed and quality.
 
     Args:
@@ -114,9 +120,15 @@ def _prepare(source, variants, settings: CompareSettings) -> tuple[Path, dict, d
     device = check_device(settings.device or default_device())
     plans = plan_variants(folder_src, variants, device, settings.torch_dtype)
     _check_sensitivity(settings, variants, plans)
-    stored = {"format": FORMAT, "source": str(folder_src.resolve()), "prompts": settings.prompts,
-              "seeds": settings.seeds, "call_kwargs": jsonable(settings.call_arguments()), "device": device,
-              "torch_dtype": settings.torch_dtype}
+    stored = {
+        "format": FORMAT,
+        "source": str(folder_src.resolve()),
+        "prompts": settings.prompts,
+        "seeds": settings.seeds,
+        "call_kwargs": jsonable(settings.call_arguments()),
+        "device": device,
+        "torch_dtype": settings.torch_dtype,
+    }
     return folder_src, variants, stored, plans
 
 
@@ -149,19 +161,25 @@ def _check_sensitivity(settings: CompareSettings, variants: dict, plans: dict) -
     quantized = [n for n, c in variants.items() if c is not None]
     if which not in (None, "auto"):
         if which not in variants:
-            raise ValueError(f"sensitivity={which!r} names no variant.{did_you_mean(which, quantized)} Choose one "
-                             f"of {quantized} or 'auto' (the quantized variant with the lowest PSNR).")
+            raise ValueError(
+                f"sensitivity={which!r} names no variant.{did_you_mean(which, quantized)} Choose one "
+                f"of {quantized} or 'auto' (the quantized variant with the lowest PSNR)."
+            )
         if variants[which] is None:
-            raise ValueError(f"sensitivity={which!r} is the unquantized baseline, which has no quantization error "
-                             f"to study; choose one of {quantized} or 'auto'.")
+            raise ValueError(
+                f"sensitivity={which!r} is the unquantized baseline, which has no quantization error "
+                f"to study; choose one of {quantized} or 'auto'."
+            )
     if component is not None:
         candidates = [which] if which not in (None, "auto") else quantized
         components = sorted({c for n in candidates for c in plans[n].quantized})
         if component not in components:
-            raise ValueError(f"sensitivity_component={component!r} is not quantized by "
-                             f"{'variant ' + repr(which) if len(candidates) == 1 else 'any variant'}."
-                             f"{did_you_mean(component, components)} Choose one of {components} (or None for the "
-                             "denoiser).")
+            raise ValueError(
+                f"sensitivity_component={component!r} is not quantized by "
+                f"{'variant ' + repr(which) if len(candidates) == 1 else 'any variant'}."
+                f"{did_you_mean(component, components)} Choose one of {components} (or None for the "
+                "denoiser)."
+            )
 
 
 def retry_hint(record: dict, plan) -> str | None:
@@ -199,8 +217,12 @@ def failure_hints(results: CompareResults) -> dict[str, str]:
         if r.get("status") == "ok" or not r.get("config"):
             continue
         try:
-            plans[r["variant"]] = plan(settings.get("source"), PipelineQuantizationConfig.from_dict(r["config"]),
-                                       device=settings.get("device"), torch_dtype=settings.get("torch_dtype"))
+            plans[r["variant"]] = plan(
+                settings.get("source"),
+                PipelineQuantizationConfig.from_dict(r["config"]),
+                device=settings.get("device"),
+                torch_dtype=settings.get("torch_dtype"),
+            )
         except (ValueError, TypeError, OSError):  # no hint is better than a wrong one
             continue
     return retry_hints(results.records, plans)
@@ -210,8 +232,11 @@ def _warn_stale_failures(done: dict, plans: dict) -> None:
     import warnings
 
     for name, hint in retry_hints([r for n, r in done.items() if n in plans], plans).items():
-        warnings.warn(f"Variant {name!r} is recorded as failed ({done[name].get('error')}), but {hint}: run again "
-                      "with retry_failed=True (quantkit compare --retry-failed) to measure it.", stacklevel=3)
+        warnings.warn(
+            f"Variant {name!r} is recorded as failed ({done[name].get('error')}), but {hint}: run again "
+            "with retry_failed=True (quantkit compare --retry-failed) to measure it.",
+            stacklevel=3,
+        )
 
 
 def _output_folder(out) -> tuple[Path, bool]:
@@ -251,9 +276,11 @@ def _resume(folder: Path, stored: dict, variants: dict, retry_failed: bool) -> t
     done = {r["variant"]: r for r in records}
     for name, config in variants.items():
         if name in done and config_key(done[name].get("config")) != config_key(config_dict(config)):
-            raise ValueError(f"{folder} already holds a variant {name!r} made with another config "
-                             f"({done[name].get('config')}); give this config another name, or use a new "
-                             "output folder.")
+            raise ValueError(
+                f"{folder} already holds a variant {name!r} made with another config "
+                f"({done[name].get('config')}); give this config another name, or use a new "
+                "output folder."
+            )
     failed = [n for n, r in done.items() if r.get("status") != "ok" and n in variants]
     if retry_failed and failed:
         records = [r for r in records if r["variant"] not in failed]
@@ -262,16 +289,22 @@ def _resume(folder: Path, stored: dict, variants: dict, retry_failed: bool) -> t
     return meta, done
 
 
-def _run_variants(runner: Runner, folder: Path, variants: dict, done: dict, settings: CompareSettings,
-                  on_record) -> None:
+def _run_variants(
+    runner: Runner, folder: Path, variants: dict, done: dict, settings: CompareSettings, on_record
+) -> None:
     """Run the variants not yet in `done`, one worker each; record, report and (strict) stop on failure."""
     from tqdm.auto import tqdm
 
     todo = [n for n in variants if n not in done]
     if not todo:
         return
-    bar = tqdm(total=len(variants), initial=len(variants) - len(todo), desc="compare", unit="variant",
-               disable=not settings.progress)
+    bar = tqdm(
+        total=len(variants),
+        initial=len(variants) - len(todo),
+        desc="compare",
+        unit="variant",
+        disable=not settings.progress,
+    )
     try:
         for name in todo:
             if runner.stopped:
@@ -285,8 +318,10 @@ def _run_variants(runner: Runner, folder: Path, variants: dict, done: dict, sett
             if on_record is not None:
                 on_record(VariantRecord.from_dict(record))
             if settings.strict and record.get("status") != "ok":
-                raise RuntimeError(f"Variant {name!r} failed: {record.get('error')} (strict=True stops here; the "
-                                   f"failure is recorded in {folder / RESULTS_FILE}).")
+                raise RuntimeError(
+                    f"Variant {name!r} failed: {record.get('error')} (strict=True stops here; the "
+                    f"failure is recorded in {folder / RESULTS_FILE})."
+                )
     finally:
         bar.close()
         shutil.rmtree(folder / WORK_DIR, ignore_errors=True)
@@ -305,8 +340,10 @@ def _sensitivity_stage(runner: Runner, folder: Path, done: dict, settings: Compa
     if which not in records or records[which].get("status") != "ok" or records[which].get("config") is None:
         import warnings  # its name was checked before anything ran: the variant failed, so there is nothing to study
 
-        warnings.warn(f"No per-layer study of {which!r}: the variant did not finish "
-                      f"({records.get(which, {}).get('error')}).", stacklevel=4)
+        warnings.warn(
+            f"No per-layer study of {which!r}: the variant did not finish ({records.get(which, {}).get('error')}).",
+            stacklevel=4,
+        )
         return {}
     record = records[which]
     info = _find_sensitivity(folder, which, component)
@@ -322,15 +359,20 @@ def _sensitivity_stage(runner: Runner, folder: Path, done: dict, settings: Compa
 
 def _worst_variant(records: dict) -> str | None:
     """The finished quantized variant with the lowest PSNR (None when there is none)."""
-    candidates = [r for r in records.values() if r.get("status") == "ok" and r.get("config") is not None
-                  and r.get("psnr") is not None]
+    candidates = [
+        r
+        for r in records.values()
+        if r.get("status") == "ok" and r.get("config") is not None and r.get("psnr") is not None
+    ]
     return min(candidates, key=lambda r: r["psnr"])["variant"] if candidates else None
 
 
 def _find_sensitivity(folder: Path, variant: str, component: str | None):
     existing = read_sensitivity(folder)
-    return next((v for (name, comp), v in existing.items()
-                 if name == variant and (component is None or comp == component)), None)
+    return next(
+        (v for (name, comp), v in existing.items() if name == variant and (component is None or comp == component)),
+        None,
+    )
 
 
 def _keep_variant(which: str, record: dict, info: dict, keep: int) -> dict:

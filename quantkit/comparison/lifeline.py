@@ -30,8 +30,12 @@ def _watch(parent: int) -> None:
 
 def start(parent: int | None = None) -> threading.Thread:
     """Start watching: exit this process when its parent (`parent`, default the current one) is gone."""
-    thread = threading.Thread(target=_watch, args=(os.getppid() if parent is None else parent,), daemon=True,
-                              name="quantkit-forkserver-lifeline")
+    thread = threading.Thread(
+        target=_watch,
+        args=(os.getppid() if parent is None else parent,),
+        daemon=True,
+        name="quantkit-forkserver-lifeline",
+    )
     thread.start()
     return thread
 

@@ -20,8 +20,11 @@ LOWER_IS_BETTER = ("lpips",)
 
 def pareto_front(bytes_: list[float], quality: list[float], higher_is_better: bool = True) -> list[int]:
     """Indices of the points no other point beats on both fewer bytes and better quality (missing values skipped)."""
-    points = [(b, q if higher_is_better else -q, i) for i, (b, q) in enumerate(zip(bytes_, quality, strict=True))
-              if b is not None and q is not None and not (isinstance(q, float) and math.isnan(q))]
+    points = [
+        (b, q if higher_is_better else -q, i)
+        for i, (b, q) in enumerate(zip(bytes_, quality, strict=True))
+        if b is not None and q is not None and not (isinstance(q, float) and math.isnan(q))
+    ]
     points.sort(key=lambda p: (p[0], -p[1]))
     front, best = [], -math.inf
     for _, q, i in points:
@@ -93,8 +96,10 @@ def overlapping(frame, metric: str = "psnr", reference: str | None = None) -> se
     """
     column = f"{metric}_ci"
     if column not in frame:
-        raise ValueError(f"The frame has no {column!r} column (columns: {list(frame.columns)}); build it with "
-                         "quantkit.comparison.pareto.with_intervals(results).")
+        raise ValueError(
+            f"The frame has no {column!r} column (columns: {list(frame.columns)}); build it with "
+            "quantkit.comparison.pareto.with_intervals(results)."
+        )
     front = front_variants(frame, metric, reference)
     intervals = [_interval(frame.loc[name, column]) for name in front]
     marked: set[str] = set()

@@ -47,8 +47,11 @@ def enable_quantized_merge(model, adapter) -> None:
                 continue
             if lora_scale != 1.0:
                 module.scale_layer(lora_scale)
-            names = [n for n in (adapter_names or module.active_adapters)
-                     if n in module.lora_A and n not in module.merged_adapters]
+            names = [
+                n
+                for n in (adapter_names or module.active_adapters)
+                if n in module.lora_A and n not in module.merged_adapters
+            ]
             base = module.get_base_layer()
             if not names:
                 continue
@@ -103,16 +106,20 @@ def lora_sources(lora) -> list[tuple[str | Path | dict, float]]:
     items = lora if isinstance(lora, list) else [lora]
     out = []
     for item in items:
-        source, weight = (item if isinstance(item, tuple) and len(item) == 2 else (item, 1.0))
+        source, weight = item if isinstance(item, tuple) and len(item) == 2 else (item, 1.0)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
             raise TypeError(f"A LoRA's weight must be a finite number, got {weight!r}.")
         if isinstance(source, str | Path):
             if not Path(source).exists():
-                raise FileNotFoundError(f"LoRA {source} does not exist. Pass a .safetensors file or a folder holding "
-                                        "pytorch_lora_weights.safetensors (what save_lora_weights writes).")
+                raise FileNotFoundError(
+                    f"LoRA {source} does not exist. Pass a .safetensors file or a folder holding "
+                    "pytorch_lora_weights.safetensors (what save_lora_weights writes)."
+                )
         elif not isinstance(source, dict):
-            raise TypeError(f"lora= takes a path, a (path, weight) pair, a LoRA state dict or a list of those; got "
-                            f"{type(source).__name__}.")
+            raise TypeError(
+                f"lora= takes a path, a (path, weight) pair, a LoRA state dict or a list of those; got "
+                f"{type(source).__name__}."
+            )
         out.append((source, float(weight)))
     if not out:
         raise ValueError("lora= is an empty list; pass at least one LoRA, or leave lora out.")
@@ -132,35 +139,47 @@ def read_deltas(pipeline_cls, lora, plan) -> Deltas:
     from ..planning import Loader
 
     if not hasattr(pipeline_cls, "lora_state_dict"):
-        raise ValueError(f"{pipeline_cls.__name__} does not load LoRAs (it has no lora_state_dict); lora= needs a "
-                         "pipeline with diffusers' LoRA loader, such as FluxPipeline.")
+        raise ValueError(
+            f"{pipeline_cls.__name__} does not load LoRAs (it has no lora_state_dict); lora= needs a "
+            "pipeline with diffusers' LoRA loader, such as FluxPipeline."
+        )
     deltas: Deltas = {}
     for source, weight in lora_sources(lora):
         state, alphas, metadata = _read(pipeline_cls, source)
         for component, layers in _by_layer(state, source).items():
             c = plan.components.get(component)
             if c is None or not c.is_model:
-                raise ValueError(f"LoRA {_name(source)} has weights for {component!r}, which this "
-                                 f"{plan.pipeline_class} does not have as a model; its models: "
-                                 f"{[n for n, x in plan.components.items() if x.is_model]}.")
+                raise ValueError(
+                    f"LoRA {_name(source)} has weights for {component!r}, which this "
+                    f"{plan.pipeline_class} does not have as a model; its models: "
+                    f"{[n for n, x in plan.components.items() if x.is_model]}."
+                )
             if c.spec is not None and c.loader is Loader.RESTORE:
-                raise ValueError(f"{component!r} is restored from a saved quantized folder: its full-precision "
-                                 "weights are gone, so lora= cannot merge before quantizing. Load the LoRA at run "
-                                 "time with pipe.load_lora_weights(...) instead.")
+                raise ValueError(
+                    f"{component!r} is restored from a saved quantized folder: its full-precision "
+                    "weights are gone, so lora= cannot merge before quantizing. Load the LoRA at run "
+                    "time with pipe.load_lora_weights(...) instead."
+                )
             for option, value in (c.spec.resolved() if c.spec else {}).items():
                 if value and c.spec.adapter.options[option].kind == "path":
-                    raise ValueError(f"{component!r} loads prequantized weights from {value} ({option}); lora= merges "
-                                     "into full-precision weights before quantizing. Leave the file out, or load the "
-                                     "LoRA at run time with pipe.load_lora_weights(...).")
+                    raise ValueError(
+                        f"{component!r} loads prequantized weights from {value} ({option}); lora= merges "
+                        "into full-precision weights before quantizing. Leave the file out, or load the "
+                        "LoRA at run time with pipe.load_lora_weights(...)."
+                    )
             shapes = {k: s for k, (_, s) in read_headers(c.folder).items()}
-            meta = {k[len(component) + 1:]: v for k, v in (metadata or {}).items() if k.startswith(f"{component}.")}
+            meta = {k[len(component) + 1 :]: v for k, v in (metadata or {}).items() if k.startswith(f"{component}.")}
             for layer, (a, b) in layers.items():
                 expected = shapes.get(f"{layer}.weight")
                 if expected is None or len(expected) != 2 or (b.shape[0], a.shape[1]) != tuple(expected):
                     raise ValueError(
-                        f"LoRA {_name(source)}: {component}.{layer} is " + ("not a Linear layer of "
-                        f"{c.class_name}" if expected is None else f"{tuple(expected)}, the LoRA makes "
-                        f"{(b.shape[0], a.shape[1])}") + ". The LoRA belongs to another model."
+                        f"LoRA {_name(source)}: {component}.{layer} is "
+                        + (
+                            f"not a Linear layer of {c.class_name}"
+                            if expected is None
+                            else f"{tuple(expected)}, the LoRA makes {(b.shape[0], a.shape[1])}"
+                        )
+                        + ". The LoRA belongs to another model."
                     )
                 scale = _scale(layer, b.shape[1], meta, alphas, component)
                 deltas.setdefault(component, {}).setdefault(layer, []).append((a, b, scale * weight))
@@ -172,8 +191,9 @@ def _read(pipeline_cls, source):
 
     params = inspect.signature(pipeline_cls.lora_state_dict).parameters
     kwargs = {"return_alphas": True} if "return_alphas" in params else {}
-    out = pipeline_cls.lora_state_dict(source if isinstance(source, dict) else str(source),
-                                       return_lora_metadata=True, **kwargs)
+    out = pipeline_cls.lora_state_dict(
+        source if isinstance(source, dict) else str(source), return_lora_metadata=True, **kwargs
+    )
     out = out if isinstance(out, tuple) else (out,)
     state = out[0]
     alphas = out[1] if kwargs and len(out) > 2 else None
@@ -190,9 +210,11 @@ def _by_layer(state: dict, source) -> dict[str, dict[str, tuple]]:
                 out.setdefault(component, {}).setdefault(rest[: -len(part)], [None, None])[index] = tensor
                 break
         else:
-            raise ValueError(f"LoRA {_name(source)} holds {key!r}, which a plain LoRA merge cannot express (only "
-                             "lora_A/lora_B weights: no DoRA magnitudes, LoRA biases or norm layers). Load it at run "
-                             "time with pipe.load_lora_weights(...) instead.")
+            raise ValueError(
+                f"LoRA {_name(source)} holds {key!r}, which a plain LoRA merge cannot express (only "
+                "lora_A/lora_B weights: no DoRA magnitudes, LoRA biases or norm layers). Load it at run "
+                "time with pipe.load_lora_weights(...) instead."
+            )
     for component, layers in out.items():
         for layer, (a, b) in layers.items():
             if a is None or b is None:
@@ -252,8 +274,10 @@ def fused_weights(c, deltas: dict[str, list], device: str):
     from ..checkpoint import SafetensorsSource
 
     adapter, kwargs = c.spec.adapter, c.spec.kwargs
-    return Weights(FusedSource(SafetensorsSource(c.folder), deltas),
-                   lambda linear: adapter.quantize_linear(linear, kwargs, device))
+    return Weights(
+        FusedSource(SafetensorsSource(c.folder), deltas),
+        lambda linear: adapter.quantize_linear(linear, kwargs, device),
+    )
 
 
 def fuse_into(model, deltas: dict[str, list]) -> None:
@@ -266,5 +290,12 @@ def fuse_into(model, deltas: dict[str, list]) -> None:
             module.weight.data = merged(module.weight.data, items)
 
 
-__all__ = ["FusedSource", "enable_quantized_merge", "fuse_into", "fused_weights", "lora_sources", "merged",
-           "read_deltas"]
+__all__ = [
+    "FusedSource",
+    "enable_quantized_merge",
+    "fuse_into",
+    "fused_weights",
+    "lora_sources",
+    "merged",
+    "read_deltas",
+]

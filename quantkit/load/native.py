@@ -30,8 +30,24 @@ from ..devices import check_device
 ALIGN_KEY = "quantkit_alignment"  # safetensors metadata entry whose length pads the header (see _align_int8)
 ALIGNMENT = 16  # bytes; torch's _weight_int8pack_mm needs its int8 weight 16-byte aligned on CPU
 # safetensors lays tensors out by dtype, largest first (measured with safetensors 0.8), then by name
-_SAFETENSORS_ORDER = ("U64", "I64", "F64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16", "F8_E8M0", "F8_E4M3",
-                      "F8_E5M2", "I8", "U8", "BOOL")
+_SAFETENSORS_ORDER = (
+    "U64",
+    "I64",
+    "F64",
+    "F32",
+    "U32",
+    "I32",
+    "BF16",
+    "F16",
+    "U16",
+    "I16",
+    "F8_E8M0",
+    "F8_E4M3",
+    "F8_E5M2",
+    "I8",
+    "U8",
+    "BOOL",
+)
 
 
 def make_native(loaded: dict[str, Any], plan, dtype=None) -> None:
@@ -99,8 +115,10 @@ def header_padding(state_dict: dict, metadata: dict) -> str:
 
     names = {v: k for k, v in _TYPES.items()}
     rank = {name: i for i, name in enumerate(_SAFETENSORS_ORDER)}
-    entries = sorted(((names[t.dtype], k, list(t.shape), t.numel() * t.element_size()) for k, t in state_dict.items()),
-                     key=lambda e: (rank.get(e[0], len(rank)), e[1]))
+    entries = sorted(
+        ((names[t.dtype], k, list(t.shape), t.numel() * t.element_size()) for k, t in state_dict.items()),
+        key=lambda e: (rank.get(e[0], len(rank)), e[1]),
+    )
     parts, int8_offsets, offset = [], [], 0
     for code, key, shape, size in entries:
         info = f'{{"dtype":"{code}","shape":{_dump(shape)},"data_offsets":[{offset},{offset + size}]}}'

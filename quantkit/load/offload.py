@@ -51,18 +51,25 @@ def check_compile(compile: str | bool | None, device: str) -> str | None:
     if compile is False:
         compile = None
     if compile not in COMPILE_MODES:
-        raise ValueError(f"compile={compile!r} is not a compile mode; use one of {list(COMPILE_MODES)} "
-                         "(True = 'regional').")
+        raise ValueError(
+            f"compile={compile!r} is not a compile mode; use one of {list(COMPILE_MODES)} (True = 'regional')."
+        )
     if compile is not None:
-        _needs_cuda(f"compile={compile!r}", device, "quantkit compiles and times the denoiser on CUDA GPUs only; "
-                    "on a CPU, inductor builds C++ kernels for minutes")
+        _needs_cuda(
+            f"compile={compile!r}",
+            device,
+            "quantkit compiles and times the denoiser on CUDA GPUs only; "
+            "on a CPU, inductor builds C++ kernels for minutes",
+        )
     return compile
 
 
 def _needs_cuda(what: str, device: str, why: str) -> None:
     if not str(device).startswith("cuda"):
-        raise RuntimeError(f"{what} needs a CUDA device ({why}), but device={device!r}. Leave it out on this "
-                           "machine, or run on a CUDA GPU with device='cuda'.")
+        raise RuntimeError(
+            f"{what} needs a CUDA device ({why}), but device={device!r}. Leave it out on this "
+            "machine, or run on a CUDA GPU with device='cuda'."
+        )
     from ..devices import check_device
 
     check_device(device)  # RuntimeError naming CUDA when this machine has none
@@ -79,8 +86,12 @@ def apply_offload(pipe, offload: str | None, device: str) -> None:
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:
-        pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
-                                  offload_type="leaf_level", use_stream=True)
+        pipe.enable_group_offload(
+            onload_device=torch.device(device),
+            offload_device=torch.device("cpu"),
+            offload_type="leaf_level",
+            use_stream=True,
+        )
     pipe.quantkit_offload = offload
 
 
@@ -92,8 +103,9 @@ def apply_compile(pipe, compile: str | None) -> str | None:
 
     name = denoiser(pipe.components)
     if name is None:
-        raise ValueError(f"This pipeline has no transformer or unet to compile; its components: "
-                         f"{sorted(pipe.components)}.")
+        raise ValueError(
+            f"This pipeline has no transformer or unet to compile; its components: {sorted(pipe.components)}."
+        )
     model = getattr(pipe, name)
     if compile == "regional" and getattr(model, "_repeated_blocks", None):
         model.compile_repeated_blocks(fullgraph=False)

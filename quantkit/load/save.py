@@ -95,8 +95,13 @@ def save_pipeline(
             _save_model_config(component, tmp / name)
             path = adapter.save_native_file(component, tmp / name, library) if format == "native" else None
             if path is not None:
-                info = {"format": 2, "quant": _spec(record, component).to_dict(), "file": path.name,
-                        "layers": list(record["layers"]), "dtype": _float_dtype(component)}
+                info = {
+                    "format": 2,
+                    "quant": _spec(record, component).to_dict(),
+                    "file": path.name,
+                    "layers": list(record["layers"]),
+                    "dtype": _float_dtype(component),
+                }
             else:
                 tensors, info = component_state(component, record)
                 save_file(tensors, str(tmp / name / SAVED_WEIGHTS))

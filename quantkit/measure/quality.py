@@ -61,9 +61,24 @@ class Quality:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("psnr", "psnr_ci", "psnr_min", "ssim", "ssim_ci", "ssim_min", "lpips",
-                                              "clip_score", "adherence", "adherence_ci", "adherence_detail",
-                                              "identical", "notes")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "psnr",
+                "psnr_ci",
+                "psnr_min",
+                "ssim",
+                "ssim_ci",
+                "ssim_min",
+                "lpips",
+                "clip_score",
+                "adherence",
+                "adherence_ci",
+                "adherence_detail",
+                "identical",
+                "notes",
+            )
+        }
 
 
 def as_image_array(images) -> np.ndarray:
@@ -83,8 +98,13 @@ def psnr(reference, images) -> np.ndarray:
     from skimage.metrics import peak_signal_noise_ratio
 
     ref, img = _pair(reference, images)
-    return np.array([np.inf if np.array_equal(r, i) else peak_signal_noise_ratio(r, i, data_range=1.0)
-                     for r, i in zip(ref, img, strict=True)], dtype=np.float64)
+    return np.array(
+        [
+            np.inf if np.array_equal(r, i) else peak_signal_noise_ratio(r, i, data_range=1.0)
+            for r, i in zip(ref, img, strict=True)
+        ],
+        dtype=np.float64,
+    )
 
 
 def ssim(reference, images) -> np.ndarray:
@@ -94,19 +114,27 @@ def ssim(reference, images) -> np.ndarray:
     ref, img = _pair(reference, images)
     side = min(ref.shape[1], ref.shape[2])
     win = min(7, side if side % 2 else side - 1)  # odd, and no larger than the image
-    return np.array([structural_similarity(r, i, channel_axis=-1, data_range=1.0, win_size=win)
-                     for r, i in zip(ref, img, strict=True)], dtype=np.float64)
+    return np.array(
+        [
+            structural_similarity(r, i, channel_axis=-1, data_range=1.0, win_size=win)
+            for r, i in zip(ref, img, strict=True)
+        ],
+        dtype=np.float64,
+    )
 
 
 def _pair(reference, images) -> tuple[np.ndarray, np.ndarray]:
     ref, img = as_image_array(reference), as_image_array(images)
     if ref.shape != img.shape:
-        raise ValueError(f"Reference images {ref.shape} and images {img.shape} differ in shape; compare images "
-                         "made with the same prompts, seeds, height and width.")
+        raise ValueError(
+            f"Reference images {ref.shape} and images {img.shape} differ in shape; compare images "
+            "made with the same prompts, seeds, height and width."
+        )
     return ref, img
 
 
 # -- optional metrics: only with weights already on disk ----------------------------------------------------
+
 
 class MetricUnavailable(RuntimeError):
     """An optional metric cannot run here (package or weights missing); the message says what to install."""
@@ -129,11 +157,15 @@ def lpips_model(device: str = "cpu"):
     have_lpips = importlib.util.find_spec("lpips") is not None
     have_tm = importlib.util.find_spec("torchmetrics") is not None
     if not (have_lpips or have_tm) or importlib.util.find_spec("torchvision") is None:
-        raise MetricUnavailable("LPIPS skipped: it needs torchvision and the 'lpips' package (pip install "
-                                "'lpips' 'torchvision') or torchmetrics")
+        raise MetricUnavailable(
+            "LPIPS skipped: it needs torchvision and the 'lpips' package (pip install "
+            "'lpips' 'torchvision') or torchmetrics"
+        )
     if not weights.is_file():
-        raise MetricUnavailable(f"LPIPS skipped: torchvision's AlexNet weights are not at {weights} (quantkit "
-                                "downloads nothing; copy the file there to enable LPIPS)")
+        raise MetricUnavailable(
+            f"LPIPS skipped: torchvision's AlexNet weights are not at {weights} (quantkit "
+            "downloads nothing; copy the file there to enable LPIPS)"
+        )
     if have_lpips:
         import lpips
 
@@ -174,9 +206,11 @@ def clip_model(name_or_path: str = DEFAULT_CLIP_MODEL, device: str = "cpu"):
         model = CLIPModel.from_pretrained(name_or_path, local_files_only=True).to(device).eval()
         processor = CLIPProcessor.from_pretrained(name_or_path, local_files_only=True)
     except Exception as err:  # OSError / ValueError, depending on what is missing
-        raise MetricUnavailable(f"CLIP score skipped: no local copy of {name_or_path!r} ({type(err).__name__}); "
-                                "pass clip_model= a folder holding a CLIP model, or download it once with "
-                                f"huggingface-cli download {name_or_path}") from None
+        raise MetricUnavailable(
+            f"CLIP score skipped: no local copy of {name_or_path!r} ({type(err).__name__}); "
+            "pass clip_model= a folder holding a CLIP model, or download it once with "
+            f"huggingface-cli download {name_or_path}"
+        ) from None
     return model, processor
 
 
@@ -289,8 +323,17 @@ def adherence(images, prompts: list[str], *, seed: int = 0) -> dict | None:
 
 # -- everything at once ----------------------------------------------------------------------------------
 
-def image_quality(images, reference=None, prompts: list[str] | None = None, *, use_lpips: bool = True,
-                  clip: str | None = DEFAULT_CLIP_MODEL, device: str = "cpu", seed: int = 0) -> Quality:
+
+def image_quality(
+    images,
+    reference=None,
+    prompts: list[str] | None = None,
+    *,
+    use_lpips: bool = True,
+    clip: str | None = DEFAULT_CLIP_MODEL,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Quality:
     """Every quality metric that can run here, for `images` against `reference` (same prompts and seeds).
 
     Args:
@@ -347,6 +390,19 @@ def image_quality(images, reference=None, prompts: list[str] | None = None, *, u
     return q
 
 
-__all__ = ["DEFAULT_CLIP_MODEL", "MetricUnavailable", "Quality", "adherence", "adherence_table", "as_image_array",
-           "bootstrap_ci", "clip_model",
-           "clip_scores", "image_quality", "lpips_distance", "lpips_model", "psnr", "ssim"]
+__all__ = [
+    "DEFAULT_CLIP_MODEL",
+    "MetricUnavailable",
+    "Quality",
+    "adherence",
+    "adherence_table",
+    "as_image_array",
+    "bootstrap_ci",
+    "clip_model",
+    "clip_scores",
+    "image_quality",
+    "lpips_distance",
+    "lpips_model",
+    "psnr",
+    "ssim",
+]

@@ -85,7 +85,6 @@ def save_grid(pipe, path: str | Path, seed: int = 0, upscale: int = 2) -> Path:
     return path
 
 
-
 SETTINGS_TO_COMPARE = [
     {},
     {"num_inference_steps": 28},

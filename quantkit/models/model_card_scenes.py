@@ -48,8 +48,17 @@ def quantization_table(evaluation: dict) -> str:
 
         psnr = f"{row['psnr']:.1f} [{row['psnr_ci'][0]:.1f}, {row['psnr_ci'][1]:.1f}]" if row.get("psnr_ci") else "ref"
         ssim = f"{row['ssim']:.3f} [{row['ssim_ci'][0]:.3f}, {row['ssim_ci'][1]:.3f}]" if row.get("ssim_ci") else "ref"
-        rows.append([name, f"{row['bytes'] / 1e6:.1f}", *(cell(summary, a) for a in ATTRIBUTES), cell(summary, "all"),
-                     cell(two, "all"), psnr, ssim])
+        rows.append(
+            [
+                name,
+                f"{row['bytes'] / 1e6:.1f}",
+                *(cell(summary, a) for a in ATTRIBUTES),
+                cell(summary, "all"),
+                cell(two, "all"),
+                psnr,
+                ssim,
+            ]
+        )
     return markdown_table(rows, header)
 
 
@@ -61,54 +70,80 @@ def write_scenes_card(out: str | Path, report: dict | None = None) -> Path:
     h = report["heldout"]
     sizes = {p.parent.name: p.stat().st_size for p in out.rglob("*.safetensors")}
     components = markdown_table(
-        [[name, f"`{x['class']}`", f"{x['parameters']:,}", f"{sizes.get(name, 0):,}"]
-         for name, x in report["components"].items()],
+        [
+            [name, f"`{x['class']}`", f"{x['parameters']:,}", f"{sizes.get(name, 0):,}"]
+            for name, x in report["components"].items()
+        ],
         ["component", "class", "parameters", "bytes (fp32 safetensors)"],
     )
-    parts = {"single object": h["by_form"].get("single", {"n": 0}), "two objects": h.get("two_object", {"n": 0}),
-             "  of which relations": h["by_form"].get("relation", {"n": 0}),
-             "  of which counts": h["by_form"].get("count", {"n": 0})}
+    parts = {
+        "single object": h["by_form"].get("single", {"n": 0}),
+        "two objects": h.get("two_object", {"n": 0}),
+        "  of which relations": h["by_form"].get("relation", {"n": 0}),
+        "  of which counts": h["by_form"].get("count", {"n": 0}),
+    }
     header = ["attribute"] + [x for name in parts for x in (name, "n")]
     heldout = markdown_table(_attribute_rows(parts), header)
     validation = ""
     if report.get("validation"):
-        rows = [[f"`{json.dumps(v['kwargs'])}`", *(_pct(v.get(a)) for a in ATTRIBUTES), _pct(v["all"]),
-                 f"{v['seconds_per_image']:.2f}"] for v in report["validation"]]
-        validation = ("Generation defaults were chosen on separate *validation* pairs "
-                      "(`heldout_prompts(..., seed=1)`), not on the test pairs above: the best overall adherence "
-                      "within 1 s per image.\n\n"
-                      + markdown_table(rows, ["kwargs on top of the training defaults", *ATTRIBUTES, "all", "s/image"])
-                      + "\n")
+        rows = [
+            [
+                f"`{json.dumps(v['kwargs'])}`",
+                *(_pct(v.get(a)) for a in ATTRIBUTES),
+                _pct(v["all"]),
+                f"{v['seconds_per_image']:.2f}",
+            ]
+            for v in report["validation"]
+        ]
+        validation = (
+            "Generation defaults were chosen on separate *validation* pairs "
+            "(`heldout_prompts(..., seed=1)`), not on the test pairs above: the best overall adherence "
+            "within 1 s per image.\n\n"
+            + markdown_table(rows, ["kwargs on top of the training defaults", *ATTRIBUTES, "all", "s/image"])
+            + "\n"
+        )
     quant = ""
     qpath = out / "quantization_eval.json"
     if qpath.is_file():
         evaluation = json.loads(qpath.read_text())
         n = len(evaluation["prompts"]) * len(evaluation["seeds"])
-        quant = (f"## Quantization variants\n\n`python scripts/evaluate_embedded.py` — `quantkit.compare` on this "
-                 f"folder ({evaluation['dtype']} baseline, CPU), {len(evaluation['prompts'])} held-out prompts × "
-                 f"{len(evaluation['seeds'])} seeds = {n} images per variant (30% single, 50% relation, 20% "
-                 "count prompts). Adherence per attribute over all images (each over the images that ask for it), "
-                 "PSNR and SSIM against the baseline's same-seed image; [low, high] = 95% bootstrap interval over "
-                 "prompts (the seeds of one prompt resampled together). Took "
-                 f"{evaluation['seconds'] / 60:.0f} minutes.\n\n" + quantization_table(evaluation) + "\n")
+        quant = (
+            f"## Quantization variants\n\n`python scripts/evaluate_embedded.py` — `quantkit.compare` on this "
+            f"folder ({evaluation['dtype']} baseline, CPU), {len(evaluation['prompts'])} held-out prompts × "
+            f"{len(evaluation['seeds'])} seeds = {n} images per variant (30% single, 50% relation, 20% "
+            "count prompts). Adherence per attribute over all images (each over the images that ask for it), "
+            "PSNR and SSIM against the baseline's same-seed image; [low, high] = 95% bootstrap interval over "
+            "prompts (the seeds of one prompt resampled together). Took "
+            f"{evaluation['seconds'] / 60:.0f} minutes.\n\n" + quantization_table(evaluation) + "\n"
+        )
     linears = report["nonconforming_linears"]
     k_quant = report.get("not_k_quant_ready", [])
-    linear_note = ("Every `nn.Linear` has `in_features % 64 == 0` and `out_features % 32 == 0` (bitsandbytes' 4-bit "
-                   "CPU kernel, GGUF, quanto). " if not linears else
-                   "These `nn.Linear` layers break the in % 64 / out % 32 rule: "
-                   + ", ".join(f"{x['component']}.{x['name']}" for x in linears) + ". ")
-    linear_note += (f"{len(k_quant)} Linear layers have `in_features % 256 != 0` (no GGUF K-quants there): "
-                    + ", ".join(sorted({f"{x['component']}: {x['in_features']}" for x in k_quant}))
-                    + " input features — the transformer's blocks (inner width 256) are K-quant-ready; its "
-                    "`x_embedder` (64 latent channels in), `context_embedder` and pooled-text projection (128 in) "
-                    "and the 128-wide text encoders are not." if k_quant else "")
+    linear_note = (
+        "Every `nn.Linear` has `in_features % 64 == 0` and `out_features % 32 == 0` (bitsandbytes' 4-bit "
+        "CPU kernel, GGUF, quanto). "
+        if not linears
+        else "These `nn.Linear` layers break the in % 64 / out % 32 rule: "
+        + ", ".join(f"{x['component']}.{x['name']}" for x in linears)
+        + ". "
+    )
+    linear_note += (
+        f"{len(k_quant)} Linear layers have `in_features % 256 != 0` (no GGUF K-quants there): "
+        + ", ".join(sorted({f"{x['component']}: {x['in_features']}" for x in k_quant}))
+        + " input features — the transformer's blocks (inner width 256) are K-quant-ready; its "
+        "`x_embedder` (64 latent channels in), `context_embedder` and pooled-text projection (128 in) "
+        "and the 128-wide text encoders are not."
+        if k_quant
+        else ""
+    )
     stages = ("data_and_build", "vae", "encode_latents", "flow", "decoder")
     total_training = sum(t[k] for k in stages if k in t)
     decoder = ""
     if "decoder" in t:
-        decoder = (f"- VAE decoder alone (encoder frozen, so the transformer's latent space stays put): "
-                   f"{c['decoder_steps']} steps, AdamW {c['decoder_lr']}; reconstruction PSNR "
-                   f"{r['vae_psnr_db']:.1f} → {r['decoder_psnr_db']:.1f} dB. {t['decoder'] / 60:.1f} min.\n")
+        decoder = (
+            f"- VAE decoder alone (encoder frozen, so the transformer's latent space stays put): "
+            f"{c['decoder_steps']} steps, AdamW {c['decoder_lr']}; reconstruction PSNR "
+            f"{r['vae_psnr_db']:.1f} → {r['decoder_psnr_db']:.1f} dB. {t['decoder'] / 60:.1f} min.\n"
+        )
     notes = "".join(f"{note}\n\n" for note in report.get("notes", []))
     defaults = json.dumps(c["generation_defaults"])
     in_training = report.get("heldout_prompts_in_training", {})

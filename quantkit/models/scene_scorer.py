@@ -82,8 +82,14 @@ def _measure(pixels: np.ndarray, background: np.ndarray, region: np.ndarray, sca
     size = "small" if side <= SMALL_MAX_SIDE else "large" if side >= LARGE_MIN_SIDE else ""
     ys, xs = np.indices(cover.shape)
     cx, cy = float((cover * xs).sum() / max(area, 1e-6)), float((cover * ys).sum() / max(area, 1e-6))
-    return {"color": color, "shape": shape, "size": size, "fill_ratio": round(fill, 3), "side": round(side, 1),
-            "center": (round(cx / scale, 2), round(cy / scale, 2))}
+    return {
+        "color": color,
+        "shape": shape,
+        "size": size,
+        "fill_ratio": round(fill, 3),
+        "side": round(side, 1),
+        "center": (round(cx / scale, 2), round(cy / scale, 2)),
+    }
 
 
 def analyze_scene(image) -> dict:
@@ -98,17 +104,27 @@ def analyze_scene(image) -> dict:
     pixels = _to_array(image)
     scale = pixels.shape[1] / scenes.IMAGE_SIZE
     b = max(1, round(BORDER * scale))
-    border = np.concatenate([pixels[:b].reshape(-1, 3), pixels[-b:].reshape(-1, 3),
-                             pixels[:, :b].reshape(-1, 3), pixels[:, -b:].reshape(-1, 3)])
+    border = np.concatenate(
+        [
+            pixels[:b].reshape(-1, 3),
+            pixels[-b:].reshape(-1, 3),
+            pixels[:, :b].reshape(-1, 3),
+            pixels[:, -b:].reshape(-1, 3),
+        ]
+    )
     background = np.median(border, axis=0)
     foreground = np.linalg.norm(pixels - background, axis=-1) > FOREGROUND_DISTANCE
     labels, n = ndimage.label(foreground)  # 4-connected by default
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     order = [i + 1 for i in np.argsort(-sizes, kind="stable") if sizes[i] >= MIN_OBJECT_PIXELS * scale**2]
-    objects = [{**_measure(pixels, background, labels == label, scale), "pixels": int(sizes[label - 1])}
-               for label in order]
-    return {"background": _nearest(background, scenes.BACKGROUND_PALETTE),
-            "background_rgb": tuple(int(v) for v in background), "objects": objects}
+    objects = [
+        {**_measure(pixels, background, labels == label, scale), "pixels": int(sizes[label - 1])} for label in order
+    ]
+    return {
+        "background": _nearest(background, scenes.BACKGROUND_PALETTE),
+        "background_rgb": tuple(int(v) for v in background),
+        "objects": objects,
+    }
 
 
 def _agreement(thing: scenes.Thing, seen: dict) -> int:
@@ -185,10 +201,18 @@ def score_scenes(images, prompts: list[str]):
         result = score_scene(image, prompt)
         seen = result.pop("seen")
         asked = [result[f"{a}_ok"] for a in ATTRIBUTES if result[f"{a}_ok"] is not None]
-        rows.append({"prompt": prompt, "form": scenes.parse_prompt(prompt).form, **result, "all_ok": all(asked),
-                     "seen_background": seen["background"],
-                     "seen_objects": "; ".join(f"{o['size'] or 'medium'} {o['color']} {o['shape']}"
-                                               for o in seen["objects"])})
+        rows.append(
+            {
+                "prompt": prompt,
+                "form": scenes.parse_prompt(prompt).form,
+                **result,
+                "all_ok": all(asked),
+                "seen_background": seen["background"],
+                "seen_objects": "; ".join(
+                    f"{o['size'] or 'medium'} {o['color']} {o['shape']}" for o in seen["objects"]
+                ),
+            }
+        )
     return pd.DataFrame(rows)
 
 

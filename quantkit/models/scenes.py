@@ -77,7 +77,7 @@ class Thing:
     size: str = ""
 
     def phrase(self, plural: bool = False) -> str:
-        """"small blue square" (or "small blue squares"), without the article."""
+        """ "small blue square" (or "small blue squares"), without the article."""
         return " ".join(part for part in (self.size, self.color, self.shape + ("s" if plural else "")) if part)
 
 
@@ -129,8 +129,11 @@ def _check_scene(scene: Scene) -> None:
     if scene.form not in FORM_WEIGHTS:
         raise ValueError(f"Unknown form {scene.form!r}; choose one of {tuple(FORM_WEIGHTS)}.")
     for thing in scene.things:
-        for value, allowed, what in ((thing.color, COLORS, "color"), (thing.shape, SHAPES, "shape"),
-                                     (thing.size, SIZES, "size")):
+        for value, allowed, what in (
+            (thing.color, COLORS, "color"),
+            (thing.shape, SHAPES, "shape"),
+            (thing.size, SIZES, "size"),
+        ):
             if value not in allowed:
                 raise ValueError(f"Unknown {what} {value!r}; choose one of {allowed}.")
         if scene.background and thing.color == scene.background:
@@ -245,8 +248,13 @@ def _layout(scene: Scene, sides: list[float], rng: np.random.Generator) -> list[
     return [(a, c) if horizontal else (c, a) for a, c in zip(along, across, strict=True)]
 
 
-def render_scene(scene: Scene | str, *, rng: np.random.Generator | None = None, seed: int | None = None,
-                 image_size: int = IMAGE_SIZE) -> Image.Image:
+def render_scene(
+    scene: Scene | str,
+    *,
+    rng: np.random.Generator | None = None,
+    seed: int | None = None,
+    image_size: int = IMAGE_SIZE,
+) -> Image.Image:
     """Draw a scene (or a prompt) as the dataset does; sizes and positions are jittered by `rng` or `seed`.
 
     Returns:
@@ -311,7 +319,13 @@ def heldout_prompts(n: int, seed: int = 0, form: str | None = None) -> list[tupl
 
 def example_prompts() -> list[str]:
     """The prompt forms named in the issue, verbatim (the grammar must parse every one)."""
-    base = ["a red circle", "a small blue square", "a red circle left of a blue square",
-            "a red circle right of a blue square", "a red circle above a blue square",
-            "a red circle below a blue square", "two green triangles"]
+    base = [
+        "a red circle",
+        "a small blue square",
+        "a red circle left of a blue square",
+        "a red circle right of a blue square",
+        "a red circle above a blue square",
+        "a red circle below a blue square",
+        "two green triangles",
+    ]
     return base + [p + " on a yellow background" for p in base if "yellow" not in p]

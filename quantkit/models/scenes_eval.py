@@ -64,7 +64,9 @@ def save_scenes_grid(pipe, path: str | Path, seed: int = scenes.HELDOUT_SEED_OFF
     prompts = scenes.example_prompts()
     images = (generate(pipe, [(p, seed) for p in prompts]) * 255).round().astype(np.uint8)
     columns = 7
-    rows = [np.concatenate(list(images[r * columns:(r + 1) * columns]), axis=1) for r in range(len(images) // columns)]
+    rows = [
+        np.concatenate(list(images[r * columns : (r + 1) * columns]), axis=1) for r in range(len(images) // columns)
+    ]
     grid = Image.fromarray(np.concatenate(rows, axis=0))
     grid = grid.resize((grid.width * upscale, grid.height * upscale), Image.Resampling.NEAREST)
     path = Path(path)
@@ -77,8 +79,9 @@ def _brief(summary: dict) -> str:
     return ", ".join(parts) + f"; all {summary['all']:.0%} (n={summary['n']})"
 
 
-def evaluate_scenes_folder(out: str | Path, report: dict | None = None, *, choose_defaults: bool = False,
-                           log=print) -> dict:
+def evaluate_scenes_folder(
+    out: str | Path, report: dict | None = None, *, choose_defaults: bool = False, log=print
+) -> dict:
     """Evaluate the pipeline saved in `out` and document it (see the module docstring).
 
     Args:
@@ -107,8 +110,13 @@ def evaluate_scenes_folder(out: str | Path, report: dict | None = None, *, choos
             apply_generation_defaults(pipe, {**base, **variant})
             _, summary = evaluate_scenes(pipe, VALIDATION_PAIRS, seed=1)
             seconds = seconds_per_image(pipe, repeats=3)
-            rows.append({"kwargs": variant, "seconds_per_image": seconds,
-                         **{k: v for k, v in summary.items() if k != "by_form"}})
+            rows.append(
+                {
+                    "kwargs": variant,
+                    "seconds_per_image": seconds,
+                    **{k: v for k, v in summary.items() if k != "by_form"},
+                }
+            )
             log(f"validation {variant}: {_brief(summary)}; {seconds:.2f} s/image")
         report["validation"] = rows
         fitting = [r for r in rows if r["seconds_per_image"] <= MAX_SECONDS_PER_IMAGE] or rows[:1]
@@ -123,11 +131,15 @@ def evaluate_scenes_folder(out: str | Path, report: dict | None = None, *, choos
     log(f"held-out: {_brief(summary)}")
     for form, part in summary["by_form"].items():
         log(f"  {form}: {_brief(part)}")
-    training = set((out / "training_prompts.txt").read_text().splitlines()) if (
-        out / "training_prompts.txt").is_file() else set()
+    training = (
+        set((out / "training_prompts.txt").read_text().splitlines())
+        if (out / "training_prompts.txt").is_file()
+        else set()
+    )
     table["prompt_in_training"] = table["prompt"].isin(training)
     report["heldout_prompts_in_training"] = {
-        form: float(part["prompt_in_training"].mean()) for form, part in table.groupby("form")}
+        form: float(part["prompt_in_training"].mean()) for form, part in table.groupby("form")
+    }
     report["seconds_per_image"] = seconds_per_image(pipe)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -139,7 +151,8 @@ def evaluate_scenes_folder(out: str | Path, report: dict | None = None, *, choos
     report["weights_bytes"] = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
     report["components"] = {
         name: {"class": type(module).__name__, "parameters": sum(p.numel() for p in module.parameters())}
-        for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)
+        for name, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module)
     }
     report["nonconforming_linears"] = nonconforming_linears(pipe)
     report["not_k_quant_ready"] = nonconforming_linears(pipe, in_multiple=256, out_multiple=32)

@@ -112,8 +112,9 @@ class ScenesConfig:
 
 SCENES_PRESETS = {
     # seconds, end to end: proves the code path (and is reproducible bit for bit), learns nothing
-    "smoke": ScenesConfig(n_images=64, vae_steps=2, vae_batch_size=4, transformer_steps=3, batch_size=4,
-                          warmup_steps=1, decoder_steps=2),
+    "smoke": ScenesConfig(
+        n_images=64, vae_steps=2, vae_batch_size=4, transformer_steps=3, batch_size=4, warmup_steps=1, decoder_steps=2
+    ),
     # a few minutes: measures the step times the full preset is sized from
     "pilot": ScenesConfig(n_images=1024, vae_steps=30, transformer_steps=40, warmup_steps=10, decoder_steps=20),
     "full": ScenesConfig(),
@@ -150,11 +151,22 @@ def build_scenes_pipeline(seed: int = 0):
         ).eval()
         transformer = FluxTransformer2DModel(**SCENES_TRANSFORMER_CONFIG).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1's settings: resolution-dependent shift
-        shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        base_shift=0.5,
         max_shift=1.15,
     )
-    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
 
 
 def decoder_stage(vae, images, config: ScenesConfig, report: dict, log=print) -> dict:
@@ -199,8 +211,12 @@ def train_scenes(out: str | Path, config: ScenesConfig, log=print) -> dict:
 
     out = Path(out)
     torch.manual_seed(config.seed)
-    report: dict = {"config": asdict(config), "torch_threads": torch.get_num_threads(), "timings_s": {},
-                    "load_average_start": os.getloadavg()}
+    report: dict = {
+        "config": asdict(config),
+        "torch_threads": torch.get_num_threads(),
+        "timings_s": {},
+        "load_average_start": os.getloadavg(),
+    }
     timings = report["timings_s"]
 
     start = time.perf_counter()

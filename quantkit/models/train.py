@@ -93,7 +93,6 @@ PRESETS = {
 }
 
 
-
 def train_vae(vae, images: np.ndarray, config: TrainConfig, log=print) -> dict:
     """`training.train_vae` with v1's held-back set (512 images) and latent statistics (4,096 images)."""
     return _train_vae(vae, images, config, log=log, held_back=512, stats_images=4096, chunk=256)

@@ -45,8 +45,9 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_vae(vae, images: np.ndarray, config, log=print, held_back: int = 512, stats_images: int = 2048,
-              chunk: int = 128) -> dict:
+def train_vae(
+    vae, images: np.ndarray, config, log=print, held_back: int = 512, stats_images: int = 2048, chunk: int = 128
+) -> dict:
     """Train `vae` in place on uint8 images; then set its shift/scaling factors from the latent statistics.
 
     Reads config.seed, vae_steps, vae_batch_size, vae_lr, kl_weight, grad_clip. The shift and scaling factors
@@ -212,7 +213,10 @@ def train_flow(
     # The pipeline shifts its sigmas by mu (it depends on the number of image tokens); train on the same shift.
     sched = pipe.scheduler.config
     mu = calculate_shift(
-        (height // 2) * (width // 2), sched.base_image_seq_len, sched.max_image_seq_len, sched.base_shift,
+        (height // 2) * (width // 2),
+        sched.base_image_seq_len,
+        sched.max_image_seq_len,
+        sched.base_shift,
         sched.max_shift,
     )
 

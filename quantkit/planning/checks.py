@@ -122,8 +122,12 @@ def check_weight_files(folder: Path) -> None:
                 continue
             offsets, shape = info["data_offsets"], info["shape"]
             if (
-                not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
-                or not isinstance(shape, list) or not all(_is_count(s) for s in shape) or offsets[1] < offsets[0]
+                not isinstance(offsets, list)
+                or len(offsets) != 2
+                or not all(_is_count(o) for o in offsets)
+                or not isinstance(shape, list)
+                or not all(_is_count(s) for s in shape)
+                or offsets[1] < offsets[0]
             ):
                 raise ValueError(
                     f"{file} has a malformed header entry for tensor {name!r} (shape {shape!r}, data_offsets "
@@ -282,6 +286,15 @@ def _examples(names: list[str]) -> str:
     return ", ".join(repr(n) for n in linear_like) or "'proj_out'"
 
 
-__all__ = ["NOT_A_MODEL", "SAVED_CONFIG", "SAVED_WEIGHTS", "check_classes", "check_components",
-           "check_pipeline_object", "check_save_target", "check_saved_component", "check_skip_names",
-           "check_weight_files"]
+__all__ = [
+    "NOT_A_MODEL",
+    "SAVED_CONFIG",
+    "SAVED_WEIGHTS",
+    "check_classes",
+    "check_components",
+    "check_pipeline_object",
+    "check_save_target",
+    "check_saved_component",
+    "check_skip_names",
+    "check_weight_files",
+]

@@ -1,7 +1,8 @@
 """Which quantization fits a GPU: candidate configs, their predicted peaks, sorted into a readable table.
 
 `fit(source, gpu="T4")` sizes every candidate (each backend at 8 and 4 bits; transformer, text encoders or both;
-with and without model offload) without loading a weight, predicts its peak with `quantkit.planning.peak`, and returns a
+with and without model offload) without loading a weight, predicts its peak with `quantkit.planning.peak`, and
+returns a
 DataFrame: fitting candidates first, best quality first among them, then no offload before offload, the least
 slowdown, the lowest peak. In a notebook the frame shows as a styled table (GiB, fits in green).
 
@@ -311,10 +312,22 @@ def _fit_frame_class():
                 from ..units import text_table
 
                 budget = self.attrs.get("budget_bytes")
-                head = f"fit: usable memory {budget / GIB:.2f} GiB" + (
-                    f" ({self.attrs['gpu']})" if self.attrs.get("gpu") else "") if budget else "fit"
-                rows = [[r.candidate, f"{r.static_bytes / GIB:.1f}", f"{r.peak_bytes / GIB:.1f}",
-                         "yes" if r.fits else "no", r.problem or r.slowdown] for r in self.itertuples()]
+                head = (
+                    f"fit: usable memory {budget / GIB:.2f} GiB"
+                    + (f" ({self.attrs['gpu']})" if self.attrs.get("gpu") else "")
+                    if budget
+                    else "fit"
+                )
+                rows = [
+                    [
+                        r.candidate,
+                        f"{r.static_bytes / GIB:.1f}",
+                        f"{r.peak_bytes / GIB:.1f}",
+                        "yes" if r.fits else "no",
+                        r.problem or r.slowdown,
+                    ]
+                    for r in self.itertuples()
+                ]
                 headers = ["candidate", "static GiB", "predicted peak GiB", "fits", "slowdown / problem"]
                 return head + "\n" + text_table(headers, rows)
 

@@ -103,8 +103,15 @@ class LoadPlan:
     def bytes_after(self) -> int:
         return sum(c.bytes_after for c in self.components.values())
 
-    def predict_peak(self, height: int = 1024, width: int | None = None, num_images: int = 1,
-                     offload: str | None = None, *, headers: dict | None = None):
+    def predict_peak(
+        self,
+        height: int = 1024,
+        width: int | None = None,
+        num_images: int = 1,
+        offload: str | None = None,
+        *,
+        headers: dict | None = None,
+    ):
         """The predicted peak memory of loading this plan and drawing `num_images` at height × width
         (`quantkit.planning.peak.predict_peak`, itemized: weights resident, activations, VAE decode, context).
 
@@ -118,9 +125,16 @@ class LoadPlan:
             from .sources import component_headers
 
             headers = {n: component_headers(self.folder, n) for n, c in self.components.items() if c.is_model}
-        return predict_peak(sizes_from_plan(self, headers=headers), device=self.device, height=height,
-                            width=width or height, num_images=num_images, offload=offload,
-                            pipeline_class=self.pipeline_class, dtype=self.torch_dtype or "bfloat16")
+        return predict_peak(
+            sizes_from_plan(self, headers=headers),
+            device=self.device,
+            height=height,
+            width=width or height,
+            num_images=num_images,
+            offload=offload,
+            pipeline_class=self.pipeline_class,
+            dtype=self.torch_dtype or "bfloat16",
+        )
 
     def layers(self, component: str):
         """pandas DataFrame, one row per Linear layer of `component` the plan decided on: what it becomes
@@ -134,8 +148,10 @@ class LoadPlan:
         if component not in self.components or self.components[component].spec is None:
             raise ValueError(f"{component!r} is not quantized in this plan; quantized: {self.quantized or 'none'}.")
         c = self.components[component]
-        rows = [{"layer": n, "status": "quantized", "quantization": c.layer_types.get(n, c.quantization)}
-                for n in c.quantized_layers]
+        rows = [
+            {"layer": n, "status": "quantized", "quantization": c.layer_types.get(n, c.quantization)}
+            for n in c.quantized_layers
+        ]
         rows += [{"layer": n, "status": "full precision", "quantization": why} for n, why in c.skipped_layers.items()]
         return pd.DataFrame(rows, columns=["layer", "status", "quantization"])
 

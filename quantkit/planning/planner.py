@@ -84,8 +84,12 @@ def plan(
     configs_only = weightless(folder) is not None
     if not configs_only:  # a folder of published configs has no weights to check
         check_components(folder, index)
-    models = [n for n, (lib, _) in index.items() if lib in MODEL_LIBRARIES
-              and ((folder / n / "config.json").is_file() if configs_only else _has_weights(folder / n))]
+    models = [
+        n
+        for n, (lib, _) in index.items()
+        if lib in MODEL_LIBRARIES
+        and ((folder / n / "config.json").is_file() if configs_only else _has_weights(folder / n))
+    ]
     # a component saved as a .gguf file (save_pipeline) has no safetensors: its plan is read from the file's config
     has_safetensors = {n: not configs_only and any((folder / n).glob("*.safetensors")) for n in models}
     for name in models:
@@ -258,7 +262,9 @@ def _plan_quantized(c: ComponentPlan, headers: dict, dtype: str | None, device: 
         before = _tensor_bytes(code, shape, dtype)
         dtype_bytes = per or SAFETENSORS[code][1]
         c.layer_types[layer] = adapter.layer_quantization(c.spec.kwargs, layer, m.out_features, m.in_features)
-        c.bytes_after += adapter.weight_bytes(c.spec.kwargs, m.out_features, m.in_features, dtype_bytes, layer) - before
+        c.bytes_after += (
+            adapter.weight_bytes(c.spec.kwargs, m.out_features, m.in_features, dtype_bytes, layer) - before
+        )
     names = [n for n, _ in modules.items()]
     del model, modules
     return names

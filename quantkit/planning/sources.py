@@ -192,16 +192,22 @@ def model_class(library: str, class_name: str):
         ImportError: the library is not installed (with the pip command; or the entry is misspelt).
         ValueError: not a module name, or the library has no such class (naming the installed version's fix).
     """
-    if not isinstance(library, str) or not library.isidentifier() and not all(
-            part.isidentifier() for part in library.split(".")):
-        raise ValueError(f"model_index.json names the library {library!r}, which is not a module name; fix the entry "
-                         "(e.g. ['diffusers', 'AutoencoderKL']).")
+    if (
+        not isinstance(library, str)
+        or not library.isidentifier()
+        and not all(part.isidentifier() for part in library.split("."))
+    ):
+        raise ValueError(
+            f"model_index.json names the library {library!r}, which is not a module name; fix the entry "
+            "(e.g. ['diffusers', 'AutoencoderKL'])."
+        )
     try:
         module = importlib.import_module(library)
     except ImportError:
         raise ImportError(
             f"model_index.json names the library {library!r}, which is not installed. Install it with: pip install "
-            f"'{library}' (or fix the entry if it is misspelt).", name=library
+            f"'{library}' (or fix the entry if it is misspelt).",
+            name=library,
         ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
@@ -239,5 +245,14 @@ def meta_model(library: str, class_name: str, folder: Path):
         ) from None
 
 
-__all__ = ["EMBEDDED_PIPELINE", "MODEL_LIBRARIES", "component_headers", "meta_model", "model_class", "read_json",
-           "read_model_index", "resolve_source", "weightless"]
+__all__ = [
+    "EMBEDDED_PIPELINE",
+    "MODEL_LIBRARIES",
+    "component_headers",
+    "meta_model",
+    "model_class",
+    "read_json",
+    "read_model_index",
+    "resolve_source",
+    "weightless",
+]

@@ -220,8 +220,10 @@ class CompareDashboard(View):
         if name not in self.variants:
             from ...errors import did_you_mean
 
-            raise ValueError(f"No variant {name!r} to remove.{did_you_mean(str(name), self.variants)} Variants: "
-                             f"{', '.join(self.variants) or 'none'}.")
+            raise ValueError(
+                f"No variant {name!r} to remove.{did_you_mean(str(name), self.variants)} Variants: "
+                f"{', '.join(self.variants) or 'none'}."
+            )
         self.variants.pop(name)
         self._refresh_list()
 
@@ -305,8 +307,14 @@ class CompareDashboard(View):
                 retry = name in self.cancelled
                 try:
                     results = compare(
-                        self.source, batch, out=folder, stop=self._stop, report=False, progress=False,
-                        retry_failed=retry, **settings
+                        self.source,
+                        batch,
+                        out=folder,
+                        stop=self._stop,
+                        report=False,
+                        progress=False,
+                        retry_failed=retry,
+                        **settings,
                     )
                 except (ValueError, TypeError, RuntimeError) as err:
                     self.errors[name] = f"{type(err).__name__}: {err}"

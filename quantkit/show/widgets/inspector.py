@@ -199,8 +199,10 @@ class LayerInspector(View):
         if unknown:
             from ...errors import did_you_mean
 
-            raise ValueError(f"Not among the ranked layers shown: {unknown}.{did_you_mean(unknown[0], self.checks)} "
-                             f"Shown (worst first): {list(self.checks)[:8]}{'...' if len(self.checks) > 8 else ''}.")
+            raise ValueError(
+                f"Not among the ranked layers shown: {unknown}.{did_you_mean(unknown[0], self.checks)} "
+                f"Shown (worst first): {list(self.checks)[:8]}{'...' if len(self.checks) > 8 else ''}."
+            )
         self._quiet = True
         try:
             for name, box in self.checks.items():
