@@ -125,7 +125,6 @@ class Quanto(Backend):
         new.load_state_dict({k: v.to(device) for k, v in tensors.items()}, assign=True)
         return new
 
-
     # -- first-class models ------------------------------------------------------------------------
     @classmethod
     def native_skip(cls, model, layers, library):

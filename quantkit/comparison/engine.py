@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import PipelineQuantizationConfig
+from ..files import session_folder
 from .results import CompareResults, read_sensitivity
 from .runner import Runner
 from .settings import CompareSettings, VariantRecord
@@ -242,12 +243,11 @@ def _warn_stale_failures(done: dict, plans: dict) -> None:
 def _output_folder(out) -> tuple[Path, bool]:
     """(the output folder, whether this call created it); a file or an unwritable place is refused clearly."""
     import errno
-    import tempfile
 
     from ..errors import user_path
 
     if out is None:
-        return Path(tempfile.mkdtemp(prefix="quantkit-compare-")), True
+        return session_folder("quantkit-compare-"), True  # removed at exit: pass out= to keep the results
     if not isinstance(out, str | Path) or (isinstance(out, str) and not out.strip()):
         raise TypeError(f"out must be a folder path (str or Path), got {type(out).__name__} {out!r}.")
     folder = user_path(out, "out")

@@ -13,7 +13,6 @@ background thread so that Cancel stays clickable; `run()` called from code runs 
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import ipywidgets as W
 
 from ...config import PipelineQuantizationConfig
+from ...files import session_folder
 from ._base import BAD, GREY, View, error_html, esc, figure_png, set_visible, table_html
 from .builder import WIDE, ConfigBuilder
 
@@ -263,7 +263,7 @@ class CompareDashboard(View):
             return self._out
         key = repr(sorted((k, repr(v)) for k, v in settings.items()))
         if key not in self._folders:
-            self._folders[key] = Path(tempfile.mkdtemp(prefix="quantkit-dashboard-"))
+            self._folders[key] = session_folder("quantkit-dashboard-")  # removed at exit
         return self._folders[key]
 
     @property

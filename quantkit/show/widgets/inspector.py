@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
 
 from ...config import PipelineQuantizationConfig
+from ...files import session_folder
 from ...units import human_bytes
 from ._base import BAD, GREY, MONO, View, error_html, esc, table_html
 from .builder import ConfigBuilder
@@ -354,7 +354,7 @@ class LayerInspector(View):
         if keep:
             variants[keep_name] = self.value
         if self.out is None:
-            self.out = Path(tempfile.mkdtemp(prefix="quantkit-inspector-"))
+            self.out = session_folder("quantkit-inspector-")  # removed at exit
         self.quality.value = f"<span style='{GREY}'>measuring {len(variants)} variants …</span>"
         try:
             results = compare(
