@@ -52,7 +52,7 @@ def check_components(folder: Path, index: dict[str, tuple[str, str]]) -> None:
             )
         for file in sorted(path.glob("*.json")):
             _check_json(file, f"the {name!r} component ({class_name})")
-        if (path / SAVED_CONFIG).is_file() and not (path / SAVED_WEIGHTS).is_file():
+        if (path / SAVED_CONFIG).is_file() and not (path / SAVED_WEIGHTS).is_file() and not any(path.glob("*.gguf")):
             raise FileNotFoundError(
                 f"{path / SAVED_WEIGHTS} is missing; {path / SAVED_CONFIG} describes a quantized component whose "
                 "tensors are in that file. Copy it from where the pipeline was saved, or save the pipeline again."
@@ -103,7 +103,7 @@ def _expects_weights(path: Path, library: str) -> bool:
 
 
 def _has_weights(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("*.gguf"))
 
 
 def check_weight_files(folder: Path) -> None:
@@ -171,8 +171,9 @@ def check_saved_component(folder: Path) -> dict[str, Any]:
 
     path = Path(folder) / SAVED_CONFIG
     info = read_json(path, "a component saved by quantkit.save_pipeline")
+    gguf_file = any(Path(folder).glob("*.gguf"))  # a GGUF component: its tensors and layers are in the .gguf
     try:
-        if not isinstance(info.get("layers"), dict):
+        if not gguf_file and not isinstance(info.get("layers"), dict):
             raise TypeError("'layers' is not a JSON object")
         spec = QuantSpec.from_dict(info["quant"])
     except (KeyError, TypeError, ValueError) as err:
@@ -181,6 +182,8 @@ def check_saved_component(folder: Path) -> dict[str, Any]:
             "'layers': {...}}. Save the pipeline again."
         ) from None
     weights = Path(folder) / SAVED_WEIGHTS
+    if gguf_file and not weights.is_file():
+        return {**info, "spec": spec}
     if not weights.is_file():
         raise FileNotFoundError(
             f"{weights} is missing; {path} describes a quantized component whose tensors are in that file. "
