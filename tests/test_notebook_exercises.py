@@ -244,6 +244,8 @@ def test_07_compression_ratio(capsys):
     assert "Not answered yet" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="get_memory_footprint"):
         ex.check_compression_ratio(true_fp / reported, true_fp, true_q, reported_bytes=reported)
+    with pytest.raises(AssertionError, match="ratio of the codes alone"):
+        ex.check_compression_ratio(4.0, true_fp, true_q, reported_bytes=reported)
     with pytest.raises(AssertionError, match="upside down"):
         ex.check_compression_ratio(true_q / true_fp, true_fp, true_q, reported_bytes=reported)
     ex.check_compression_ratio(true_fp / true_q, true_fp, true_q, reported_bytes=reported)

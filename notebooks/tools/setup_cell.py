@@ -36,8 +36,6 @@ if "google.colab" in sys.modules:  # instructors: set QUANTKIT to your wheel or 
     if loaded:
         print("RESTART NEEDED (Runtime > Restart session, then run this cell again):", ", ".join(sorted(loaded)),
               "had been imported before the upgrade.")
-else:
-    os.environ.setdefault("TQDM_DISABLE", "1")  # no progress-bar widgets in the stored outputs
 
 import logging
 import warnings

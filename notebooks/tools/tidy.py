@@ -139,6 +139,12 @@ def problems(path: Path) -> list[str]:
         out.append(f"{path.name}: {counts.count(None)} code cell(s) not executed (nbval needs execution counts)")
     elif counts != sorted(counts):
         out.append(f"{path.name}: execution counts out of order: run the notebook top to bottom")
+    for cell in nb["cells"]:
+        for o in cell.get("outputs", []):
+            text = o.get("data", {}).get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if VIEW in o.get("data", {}) and re.search(r"it/s\]|s/it\]", text):
+                out.append(f"{path.name} cell {cell.get('id')}: a progress-bar widget in the outputs")
     unshown = len(nb.get("metadata", {}).get("widgets", {}).get(STATE, {}).get("state", {})) - len(
         shown_models(nb) & set(nb.get("metadata", {}).get("widgets", {}).get(STATE, {}).get("state", {}))
     )

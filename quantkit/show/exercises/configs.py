@@ -66,9 +66,14 @@ def check_simple_config(
 # -- 04 quant mapping ----------------------------------------------------------------------------------------
 
 
-def check_mapping(config: Any) -> None:
+def check_mapping(config: Any, compute_dtype: Any = "bfloat16") -> None:
     """04: a diffusers quant_mapping: transformer in quanto int8 (diffusers' QuantoConfig), text_encoder_2 in
-    bitsandbytes nf4 with BF16 compute (transformers' BitsAndBytesConfig)."""
+    bitsandbytes nf4 computing in `compute_dtype` (transformers' BitsAndBytesConfig).
+
+    Args:
+        config: the learner's diffusers PipelineQuantizationConfig.
+        compute_dtype: the dtype the T5 encoder should compute in ("bfloat16", or torch.float16 on a T4).
+    """
     if pending(config):
         return not_yet("build the diffusers PipelineQuantizationConfig(quant_mapping=...) where the `...` is.")
     if type(config).__module__.split(".")[0] != "diffusers" or type(config).__name__ != "PipelineQuantizationConfig":
@@ -98,9 +103,10 @@ def check_mapping(config: Any) -> None:
             f"text_encoder_2's quant type is {e.bnb_4bit_quant_type!r} (the default); set bnb_4bit_quant_type='nf4'."
         )
     dtype = str(e.bnb_4bit_compute_dtype).removeprefix("torch.")
-    if dtype != "bfloat16":
+    wanted = str(compute_dtype).removeprefix("torch.")
+    if dtype != wanted:
         raise AssertionError(
-            f"text_encoder_2 computes in {dtype}: the config ignored your compute dtype. "
+            f"text_encoder_2 computes in {dtype}, not {wanted}: did the config ignore your compute dtype? "
             "The keyword is bnb_4bit_compute_dtype (a bare `compute_dtype` is silently dropped)."
         )
     return ok("two libraries, two config classes, one pipeline config.")

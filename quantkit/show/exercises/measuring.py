@@ -129,7 +129,11 @@ def check_gguf_bytes(answer: Any, quant_type: str = "Q5_1", shape: tuple[int, in
 
 
 def check_compression_ratio(
-    answer: Any, unquantized_bytes: int, quantized_bytes: int, reported_bytes: int | None = None
+    answer: Any,
+    unquantized_bytes: int,
+    quantized_bytes: int,
+    reported_bytes: int | None = None,
+    nominal: float = 4.0,
 ) -> None:
     """07: how many times smaller the quantized weights really are (true bytes, not what get_memory_footprint says).
 
@@ -137,6 +141,7 @@ def check_compression_ratio(
         answer: the learner's ratio; within 2 % counts.
         unquantized_bytes, quantized_bytes: true bytes of the same component without and with quantization.
         reported_bytes: what get_memory_footprint() says for the quantized one (for a targeted hint).
+        nominal: the ratio of the formats alone (float32 -> int8: 4), the prediction that forgets the scales.
     """
     if pending(answer):
         return not_yet("set `answer` to the ratio: true bytes unquantized / true bytes quantized.")
@@ -148,7 +153,13 @@ def check_compression_ratio(
 
     if near(expected):
         return ok(f"the weights really take {expected:.2f}× less memory.")
-    if reported_bytes and near(unquantized_bytes / reported_bytes):
+    if near(nominal) and not near(expected):
+        hint = (
+            f"{nominal:g}x is the ratio of the codes alone (float32's 4 bytes to int8's 1 byte per weight). The true "
+            "ratio is lower: every row keeps a float32 scale, and the biases, norms and embeddings stay in float32 — "
+            "look at the true bytes of section 1."
+        )
+    elif reported_bytes and near(unquantized_bytes / reported_bytes):
         hint = (
             "That is what get_memory_footprint() suggests: it counts quantized tensors at their original dtype. "
             "Use the true `bytes` column of qk.footprint(...), not `reported_bytes`."
