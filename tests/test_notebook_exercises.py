@@ -6,7 +6,16 @@ One test per notebook exercise, named after the notebook; the wrong answers are 
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
+
+try:  # Python 3.11+; on 3.10 the same parser is the tomli package
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - exercised on 3.10 only
+    tomllib = pytest.importorskip("tomli")
 
 from quantkit.show import exercises as ex
 
@@ -98,6 +107,11 @@ def test_03_simple_config(capsys):
         ex.check_simple_config(
             qk.PipelineQuantizationConfig("bitsandbytes_8bit", {"load_in_8bit": True}, ["transformer", "vae"])
         )
+    # the notebook's buggy config, with its first bug fixed: CLIP ('text_encoder') instead of T5
+    with pytest.raises(AssertionError, match=r"missing \['text_encoder_2'\]; not wanted \['text_encoder'\]"):
+        ex.check_simple_config(
+            qk.PipelineQuantizationConfig("bitsandbytes_8bit", {"load_in_8bit": True}, ["transformer", "text_encoder"])
+        )
     with pytest.raises(AssertionError, match="simple form"):
         ex.check_simple_config(
             qk.PipelineQuantizationConfig(quant_mapping={"transformer": qk.QuantSpec("bitsandbytes_8bit")})
@@ -158,6 +172,14 @@ def test_04_mapping(capsys):
     with pytest.raises(AssertionError, match="map exactly"):
         ex.check_mapping(PipelineQuantizationConfig(quant_mapping={"transformer": QuantoConfig(weights_dtype="int8")}))
     ex.check_mapping(mapping(QuantoConfig(weights_dtype="int8"), TransformersBnb(**nf4)))
+    assert "Correct!" in capsys.readouterr().out
+    # on a T4 the notebook asks for float16 (no bfloat16 there): the same config is then off by its dtype
+    with pytest.raises(AssertionError, match="computes in bfloat16, not float16"):
+        ex.check_mapping(
+            mapping(QuantoConfig(weights_dtype="int8"), TransformersBnb(**nf4)), compute_dtype=torch.float16
+        )
+    fp16 = {**nf4, "bnb_4bit_compute_dtype": torch.float16}
+    ex.check_mapping(mapping(QuantoConfig(weights_dtype="int8"), TransformersBnb(**fp16)), compute_dtype=torch.float16)
     assert "Correct!" in capsys.readouterr().out
 
 
@@ -511,3 +533,85 @@ def test_14_capstone_choice(capsys, fit_table):
         ex.check_capstone_choice("int8 (denoiser) + model offload", roomy)
     ex.check_capstone_choice("int4 (both)", roomy)
     assert "Correct!" in capsys.readouterr().out
+
+
+# -- the notebooks themselves: one setup cell, the skeleton, tidy outputs, the index, the Colab extra -----------
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]-*.ipynb"))
+
+
+def _tool(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"notebook_{name}", NOTEBOOKS_DIR / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def _text(cell):
+    return "".join(cell["source"])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+def test_notebook_starts_with_the_one_setup_cell(path):
+    setup = _tool("setup_cell").SETUP
+    code = [c for c in _cells(path) if c["cell_type"] == "code"]
+    assert code[0].get("id") == "setup" and _text(code[0]) == setup, (
+        f"{path.name}: the first code cell must be notebooks/tools/setup_cell.py's SETUP (run that script)"
+    )
+    assert "quantkit[colab]" in setup and "RESTART NEEDED" in setup and "torch==" in setup
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+def test_notebook_follows_the_skeleton(path):
+    cells = _cells(path)
+    head = _text(cells[0])
+    assert head.startswith(f"# {path.name[:2]} ·"), f"{path.name}: the title carries the notebook's number"
+    assert "What you will" in head and "budget" in head.lower()
+    markdown = "\n".join(_text(c) for c in cells if c["cell_type"] == "markdown")
+    kinds = ("predict", "debug", "implement", "decide")
+    assert re.search(r"#+ Exercise[^\n]*\((?:[^)]*)(" + "|".join(kinds) + r")", markdown), (
+        f"{path.name}: an exercise heading names its kind ({', '.join(kinds)})"
+    )
+    assert "## Recap" in markdown
+    assert any("from quantkit.show.exercises import check_" in _text(c) for c in cells if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+def test_notebook_outputs_are_tidy(path):
+    assert _tool("tidy").problems(path) == []
+
+
+def test_index_lists_every_notebook_its_budget_and_the_two_slots():
+    readme = (NOTEBOOKS_DIR / "README.md").read_text()
+    for path in NOTEBOOKS:
+        row = next((line for line in readme.splitlines() if f"]({path.name})" in line), None)
+        assert row is not None, f"notebooks/README.md has no row for {path.name}"
+        assert f"github/quantkit-dev/quantkit/blob/main/notebooks/{path.name}" in row, f"{path.name}: badge link"
+        header = _text(_cells(path)[0])
+        budget = re.search(r"CPU(?: only)?:?,? ~(\d+) s", header) or re.search(r"offline / CPU: ~(\d+) s", header)
+        assert budget, f"{path.name}: the header states a CPU budget"
+        assert f"~{budget.group(1)} s" in row, f"{path.name}: header says ~{budget.group(1)} s, the index row differs"
+    assert "Offload + compile with quantized pipelines" in readme and "LoRA on a quantized pipeline" in readme
+    numbers = sorted(int(p.name[:2]) for p in NOTEBOOKS)
+    assert numbers == [n for n in range(1, 15) if n not in (11, 12)], "11 and 12 are the slots; no gaps otherwise"
+
+
+def test_colab_extra_pins_what_ci_tests_and_nothing_else():
+    from test_environment import _pins
+
+    project = tomllib.loads((NOTEBOOKS_DIR.parent / "pyproject.toml").read_text())["project"]
+    colab = project["optional-dependencies"]["colab"]
+    ci = _pins((NOTEBOOKS_DIR.parent / "requirements-ci.txt").read_text().splitlines())
+    pinned = _pins(colab)
+    names = {re.split(r"[<>=!\[ ]", d)[0].lower() for d in colab}
+    assert not names & {"torch", "jupyterlab", "nbval", "pytest", "notebook"}, "Colab keeps its torch; no dev tools"
+    assert {"bitsandbytes", "optimum-quanto", "gguf", "torchao"} <= set(pinned)
+    assert all(ci[name] == version for name, version in pinned.items()), f"colab pins {pinned} differ from CI {ci}"
+    assert any(d.startswith("ipywidgets>=7.7") for d in colab), "Colab's ipywidgets 7.7 must satisfy the extra"
