@@ -139,13 +139,16 @@ def test_a_comparison_without_out_leaves_no_folder_behind(flux_dir, tmp_path):
     import sys
     from pathlib import Path
 
-    code = ("import quantkit as qk, sys; r = qk.compare(sys.argv[1], {'baseline': None}, prompts=['a red circle'], "
-            "seeds=[0], warmup=0, repeats=1, num_inference_steps=2, report=False, progress=False, use_lpips=False); "
-            "print(r.folder, len(r.records))")
+    code = (
+        "import quantkit as qk, sys; r = qk.compare(sys.argv[1], {'baseline': None}, prompts=['a red circle'], "
+        "seeds=[0], warmup=0, repeats=1, num_inference_steps=2, report=False, progress=False, use_lpips=False); "
+        "print(r.folder, len(r.records))"
+    )
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root), "TMPDIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code, str(flux_dir)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(flux_dir)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     folder, n = done.stdout.split()[-2:]
     assert n == "1" and Path(folder).parent == tmp_path  # the results were there while the process ran

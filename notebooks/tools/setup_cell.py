@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-SETUP = '''\
+SETUP = """\
 # Setup, the same in every notebook. On Colab it installs quantkit[colab] (the backends Colab lacks, at the versions
 # CI tests) without touching Colab's own torch, and says when the session must restart. Everywhere it hides the
 # libraries' harmless notices, picks the device and the half-precision dtype, and prints the versions.
@@ -51,7 +51,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # half precision: bfloat16 on CPUs and on GPUs that have it (Ampere and later); float16 on a T4, which has no bf16
 DTYPE = torch.bfloat16 if DEVICE == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 print(" | ".join(f"{name} {version or '-'}" for name, version in versions().items()))
-print(f"DEVICE = {DEVICE!r} ({torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU'}), DTYPE = {DTYPE}")'''
+print(f"DEVICE = {DEVICE!r} ({torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU'}), DTYPE = {DTYPE}")"""
 
 
 def apply(path: Path) -> bool:

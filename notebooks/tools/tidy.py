@@ -55,10 +55,7 @@ def _refs(value, out: set[str]) -> None:
 def shown_models(nb: dict) -> set[str]:
     """Model ids the outputs display, and every model they refer to (layouts, styles, children)."""
     todo = {
-        o["data"][VIEW]["model_id"]
-        for c in nb["cells"]
-        for o in c.get("outputs", [])
-        if VIEW in o.get("data", {})
+        o["data"][VIEW]["model_id"] for c in nb["cells"] for o in c.get("outputs", []) if VIEW in o.get("data", {})
     }
     state = nb.get("metadata", {}).get("widgets", {}).get(STATE, {}).get("state", {})
     keep: set[str] = set()
@@ -163,8 +160,10 @@ def main(paths: list[str]) -> int:
             path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
         found = problems(path)
         size = path.stat().st_size
-        print(f"{path.name}: {size / 1024:.0f} KiB, {dropped} widget model(s) pruned, {lines} harmless stderr line(s)"
-              " dropped" + ("" if found else ", ok"))
+        print(
+            f"{path.name}: {size / 1024:.0f} KiB, {dropped} widget model(s) pruned, {lines} harmless stderr line(s)"
+            " dropped" + ("" if found else ", ok")
+        )
         for p in found:
             print("  " + p)
         bad += bool(found)
