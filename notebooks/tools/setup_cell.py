@@ -41,7 +41,8 @@ import logging
 import warnings
 
 logging.disable(logging.WARNING)  # import-time notices about optional kernels this machine lacks: harmless here
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|torchao|transformers)\\b")  # deprecations
+# the libraries' deprecation notices (FutureWarning): harmless here
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|torchao|transformers)\\b")
 import torch
 
 import quantkit as qk
@@ -49,7 +50,8 @@ from quantkit.measure.environment import versions
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # half precision: bfloat16 on CPUs and on GPUs that have it (Ampere and later); float16 on a T4, which has no bf16
-DTYPE = torch.bfloat16 if DEVICE == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+BF16 = DEVICE == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False)
+DTYPE = torch.bfloat16 if BF16 else torch.float16
 print(" | ".join(f"{name} {version or '-'}" for name, version in versions().items()))
 print(f"DEVICE = {DEVICE!r} ({torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU'}), DTYPE = {DTYPE}")"""
 

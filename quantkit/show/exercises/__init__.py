@@ -91,3 +91,14 @@ __all__ = [
     "reference_pack_int4",
     "reference_per_channel_int8",
 ]
+
+# the checkers of notebooks 10-12 (sharing, offload, LoRA) live in quantkit.show.exercises_interop
+from ..exercises_interop import (  # noqa: E402,F401
+    FORMAT_READERS,
+    LORA_SCENARIOS,
+    Saved,
+    check_diffusers_shareable,
+    check_lora_strategy,
+    check_offload_choice,
+    saved_formats,
+)
