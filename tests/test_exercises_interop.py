@@ -1,4 +1,4 @@
-"""The interop lessons' exercise checkers (quantkit/show/exercises_interop.py): each fails the mistakes a learner
+"""The interop lessons' exercise checkers (quantkit/show/exercises/interop.py): each fails the mistakes a learner
 makes with a hint, passes the solution, and only prints a reminder for the unanswered placeholder.
 
 `check_diffusers_shareable` is tested on real folders of the tiny FLUX layout saved with each backend: it loads
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 import quantkit as qk
-from quantkit.show import exercises_interop as ex
+from quantkit.show.exercises import interop as ex
 
 GIB = 2**30
 # FLUX.1-dev nf4 at 1024², as the plan predicts it (GiB the card needs, CUDA context included), rounded

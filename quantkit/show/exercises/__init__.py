@@ -92,8 +92,8 @@ __all__ = [
     "reference_per_channel_int8",
 ]
 
-# the checkers of notebooks 10-12 (sharing, offload, LoRA) live in quantkit.show.exercises_interop
-from ..exercises_interop import (  # noqa: E402,F401
+# the checkers of notebooks 10-12 (sharing, offload, LoRA) live in quantkit.show.exercises.interop
+from .interop import (  # noqa: E402,F401
     FORMAT_READERS,
     LORA_SCENARIOS,
     Saved,

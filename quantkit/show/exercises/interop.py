@@ -22,8 +22,8 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .exercises._common import not_yet as _not_yet
-from .exercises._common import ok as _ok
+from ._common import not_yet as _not_yet
+from ._common import ok as _ok
 
 GIB = 2**30
 
@@ -211,8 +211,8 @@ class Saved(NamedTuple):
 def saved_formats(folder: str | Path) -> dict[str, Saved]:
     """{model component: Saved(format, quantization, library)} of a pipeline folder written by `qk.save_pipeline`
     or `pipe.save_pretrained`, read from its files (nothing is loaded)."""
-    from ..planning.planner import saved_spec
-    from ..planning.sources import MODEL_LIBRARIES, read_model_index
+    from ...planning.planner import saved_spec
+    from ...planning.sources import MODEL_LIBRARIES, read_model_index
 
     folder = Path(folder)
     _, index = read_model_index(folder)
@@ -307,11 +307,11 @@ def check_diffusers_shareable(
     import torch
     from diffusers import DiffusionPipeline
 
-    from ..load import load_pipeline
-    from ..load.pipeline import _library_progress
-    from ..measure.quality import psnr
-    from ..models.defaults import read_generation_defaults
-    from ..planning import plan
+    from ...load import load_pipeline
+    from ...load.pipeline import _library_progress
+    from ...measure.quality import psnr
+    from ...models.defaults import read_generation_defaults
+    from ...planning import plan
 
     try:
         dtype = getattr(torch, plan(folder, device=device).torch_dtype or "float32")
