@@ -39,8 +39,16 @@ def main(argv: list[str] | None = None) -> int:
 
     t_import = time.perf_counter() - t0
     t = time.perf_counter()
-    results = compare(args.source, None, out=out, device=args.device, sensitivity="auto", keep_sensitive=3,
-                      report=False, progress=False)
+    results = compare(
+        args.source,
+        None,
+        out=out,
+        device=args.device,
+        sensitivity="auto",
+        keep_sensitive=3,
+        report=False,
+        progress=False,
+    )
     t_compare = time.perf_counter() - t
     t = time.perf_counter()
     results.save()
@@ -57,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     for info in results.sensitivity.values():
         meta = json.loads((out / "sensitivity" / f"{info['variant']}__{info['component']}.json").read_text())
         print(f"per-layer study of {info['variant']} / {info['component']}: {meta['timings']['wall_s']:.2f} s")
-    print(f"import quantkit.comparison: {t_import:.2f} s; compare(): {t_compare:.2f} s; report and plots: "
-          f"{t_report:.2f} s; total {total:.2f} s")
+    print(
+        f"import quantkit.comparison: {t_import:.2f} s; compare(): {t_compare:.2f} s; report and plots: "
+        f"{t_report:.2f} s; total {total:.2f} s"
+    )
     return 0
 
 

@@ -26,6 +26,9 @@ _LAZY = {
     "compare": "quantkit.comparison",
     "CompareResults": "quantkit.comparison",
     "CompareSettings": "quantkit.comparison",
+    "fit": "quantkit.planning.fit",
+    "GPUS": "quantkit.planning.gpus",
+    "QuantVariant": "quantkit.comparison.variants",
 }
 
 __all__ = ["BACKENDS", "EMBEDDED_PIPELINE", "LoadPlan", "PipelineQuantizationConfig", "QuantSpec", "plan", *_LAZY]

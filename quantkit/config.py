@@ -13,10 +13,13 @@ round-trips through dict/JSON. Everything is validated here, before any weight i
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from .backends import REGISTRY, get_backend
 from .errors import one_of
+
+CONFIG_KEYS = ("quant_backend", "quant_kwargs", "components_to_quantize", "quant_mapping")
 
 
 class QuantSpec:
@@ -55,17 +58,26 @@ class QuantSpec:
         return {"backend": self.backend, **_encode_kwargs(self.adapter, self.kwargs)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuantSpec:
-        if not isinstance(data, dict):
+    def from_dict(cls, data: dict[str, Any], where: str = "A QuantSpec dict") -> QuantSpec:
+        """The inverse of `to_dict`: {"backend": name, option: value, ...}.
+
+        Raises:
+            TypeError: not a dict, a key that is not a string, a value of the wrong type.
+            ValueError: no 'backend' key, an unknown backend or option, a bad value.
+        """
+        if not isinstance(data, Mapping):
             raise TypeError(
-                f"A QuantSpec dict must be a dict such as {{'backend': 'quanto', 'weights_dtype': 'int8'}}, "
-                f"got {type(data).__name__} {data!r}."
+                f"{where} must be a dict such as {{'backend': 'quanto', 'weights_dtype': 'int8'}}, "
+                f"got {type(data).__name__} {_short(data)}."
             )
         data = dict(data)
         if "backend" not in data:
-            raise ValueError(f"A QuantSpec dict needs a 'backend' key, got keys {sorted(map(str, data))}.")
+            raise ValueError(
+                f"{where} needs a 'backend' key (one of {one_of(REGISTRY)}), got keys "
+                f"{sorted(map(str, data))}, e.g. {{'backend': 'quanto', 'weights_dtype': 'int8'}}."
+            )
         adapter = get_backend(data.pop("backend"))
-        return cls(adapter.name, **_decode_kwargs(adapter, data))
+        return cls(adapter.name, **_decode_kwargs(adapter, _string_keys(data, f"the options in {where}")))
 
     def __eq__(self, other) -> bool:
         """Same backend and the same options once defaults are filled in (spelling does not matter)."""
@@ -83,8 +95,8 @@ def as_spec(value: Any, component: str = "?") -> QuantSpec:
     """A QuantSpec from a QuantSpec, a dict, or a diffusers/transformers quantization config object."""
     if isinstance(value, QuantSpec):
         return value
-    if isinstance(value, dict):
-        return QuantSpec.from_dict(value)
+    if isinstance(value, Mapping):
+        return QuantSpec.from_dict(value, f"quant_mapping[{component!r}]")
     method = getattr(value, "quant_method", None)
     method = getattr(method, "value", method)
     if method is None:
@@ -137,8 +149,20 @@ class PipelineQuantizationConfig:
                 "Give either `quant_backend` (with `quant_kwargs`), e.g. PipelineQuantizationConfig("
                 "quant_backend='quanto', quant_kwargs={'weights_dtype': 'int8'}), or `quant_mapping`."
             )
-        if isinstance(components_to_quantize, str):
-            components_to_quantize = [components_to_quantize]
+        if quant_kwargs is not None and not isinstance(quant_kwargs, Mapping):
+            raise TypeError(
+                f"quant_kwargs must be a dict of the backend's options, e.g. {{'weights_dtype': 'int8'}}, got "
+                f"{type(quant_kwargs).__name__} {_short(quant_kwargs)}."
+            )
+        components_to_quantize = _component_names(components_to_quantize)
+        if quant_mapping is not None:
+            if not isinstance(quant_mapping, Mapping):
+                raise TypeError(
+                    f"quant_mapping must be a dict {{component: config}}, e.g. {{'transformer': "
+                    f"QuantSpec('quanto', weights_dtype='int8')}}, got {type(quant_mapping).__name__} "
+                    f"{_short(quant_mapping)}."
+                )
+            _string_keys(quant_mapping, "quant_mapping", what="component names")
         if quant_mapping is not None and (quant_kwargs or components_to_quantize):
             raise ValueError(
                 "`quant_kwargs` and `components_to_quantize` belong to the simple form; with "
@@ -146,7 +170,7 @@ class PipelineQuantizationConfig:
             )
         self.quant_backend = quant_backend
         self.quant_kwargs = dict(quant_kwargs or {})
-        self.components_to_quantize = list(components_to_quantize) if components_to_quantize else None
+        self.components_to_quantize = components_to_quantize
         self.quant_mapping = dict(quant_mapping) if quant_mapping is not None else None
         self.is_granular = quant_mapping is not None
         if self.is_granular:
@@ -191,25 +215,76 @@ class PipelineQuantizationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineQuantizationConfig:
+        """The inverse of `to_dict`.
+
+        Raises:
+            TypeError: `data` or one of its parts has the wrong type (a list where a dict belongs, ...).
+            ValueError: unknown keys, both forms or neither, an unknown backend or option, a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(
+                f"A PipelineQuantizationConfig dict must be a dict with keys from {list(CONFIG_KEYS)}, e.g. "
+                f"{{'quant_backend': 'quanto', 'quant_kwargs': {{'weights_dtype': 'int8'}}}}, got "
+                f"{type(data).__name__} {_short(data)}."
+            )
         data = dict(data)
-        allowed = {"quant_backend", "quant_kwargs", "components_to_quantize", "quant_mapping"}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(map(str, set(data) - set(CONFIG_KEYS)))
         if unknown:
             raise ValueError(
-                f"Unknown keys {unknown} in a PipelineQuantizationConfig dict; allowed: {sorted(allowed)}."
+                f"Unknown keys {unknown} in a PipelineQuantizationConfig dict; allowed: {sorted(CONFIG_KEYS)}."
             )
-        if data.get("quant_mapping") is not None:
-            data["quant_mapping"] = {k: QuantSpec.from_dict(v) for k, v in data["quant_mapping"].items()}
-        if data.get("quant_kwargs") and data.get("quant_backend") is not None:
-            data["quant_kwargs"] = _decode_kwargs(get_backend(data["quant_backend"]), data["quant_kwargs"])
+        mapping = data.get("quant_mapping")
+        if mapping is not None:
+            if not isinstance(mapping, Mapping):
+                raise TypeError(
+                    f"quant_mapping must be a dict {{component: {{'backend': ..., option: value}}}}, got "
+                    f"{type(mapping).__name__} {_short(mapping)}."
+                )
+            _string_keys(mapping, "quant_mapping", what="component names")
+            data["quant_mapping"] = {k: QuantSpec.from_dict(v, f"quant_mapping[{k!r}]") for k, v in mapping.items()}
+        kwargs = data.get("quant_kwargs")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(
+                f"quant_kwargs must be a dict of the backend's options, e.g. {{'weights_dtype': 'int8'}}, got "
+                f"{type(kwargs).__name__} {_short(kwargs)}."
+            )
+        if kwargs and data.get("quant_backend") is not None:
+            adapter = get_backend(data["quant_backend"])
+            data["quant_kwargs"] = _decode_kwargs(adapter, _string_keys(kwargs, "quant_kwargs"))
         return cls(**data)
 
     def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+        """The config as JSON text (`to_dict()`); keyword arguments go to json.dumps (e.g. indent=2).
+
+        Numbers are finite (the options are validated), so the text is standard JSON (allow_nan=False).
+        """
+        kwargs.setdefault("allow_nan", False)
+        try:
+            return json.dumps(self.to_dict(), **kwargs)
+        except (TypeError, ValueError) as err:  # a value the backend could not encode: name it
+            raise TypeError(f"This config cannot be written as JSON ({err}): {self!r}.") from None
 
     @classmethod
-    def from_json(cls, text: str) -> PipelineQuantizationConfig:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> PipelineQuantizationConfig:
+        """The inverse of `to_json`.
+
+        Raises:
+            TypeError: `text` is not a string, or its parts have the wrong types.
+            ValueError: not valid JSON, or not a valid config (see `from_dict`).
+        """
+        if not isinstance(text, str | bytes | bytearray):
+            raise TypeError(
+                f"from_json takes JSON text (a str), got {type(text).__name__}; for a dict use from_dict(), for "
+                "a file from_json(Path(...).read_text())."
+            )
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"Not valid JSON ({err}): {_short(text)}. Expected an object such as "
+                '{"quant_backend": "quanto", "quant_kwargs": {"weights_dtype": "int8"}}.'
+            ) from None
+        return cls.from_dict(data)
 
     def to_diffusers(self, model_components: dict[str, str] | None = None):
         """The equivalent `diffusers.PipelineQuantizationConfig`.
@@ -258,12 +333,28 @@ class PipelineQuantizationConfig:
 
     @classmethod
     def from_diffusers(cls, config) -> PipelineQuantizationConfig:
-        """A quantkit config from a `diffusers.PipelineQuantizationConfig`."""
-        if getattr(config, "quant_mapping", None):
-            return cls(quant_mapping={name: as_spec(value, name) for name, value in config.quant_mapping.items()})
+        """A quantkit config from a `diffusers.PipelineQuantizationConfig`.
+
+        Raises:
+            TypeError: `config` is not a diffusers PipelineQuantizationConfig (a quantkit one is returned as is).
+        """
+        if isinstance(config, PipelineQuantizationConfig):
+            return config
+        if not all(hasattr(config, a) for a in ("quant_backend", "quant_kwargs", "quant_mapping")) or isinstance(
+            config, type
+        ):
+            raise TypeError(
+                f"from_diffusers takes a diffusers.PipelineQuantizationConfig, got {type(config).__name__} "
+                f"{_short(config)}; for a dict use from_dict()."
+            )
+        mapping = config.quant_mapping
+        if mapping:
+            if not isinstance(mapping, Mapping):
+                raise TypeError(f"The diffusers config's quant_mapping is a {type(mapping).__name__}, not a dict.")
+            return cls(quant_mapping={name: as_spec(value, name) for name, value in mapping.items()})
         return cls(
             quant_backend=config.quant_backend,
-            quant_kwargs=dict(config.quant_kwargs),
+            quant_kwargs=config.quant_kwargs,
             components_to_quantize=config.components_to_quantize,
         )
 
@@ -292,7 +383,55 @@ def _encode_kwargs(adapter, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _decode_kwargs(adapter, kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: adapter.decode_option(k, v) for k, v in kwargs.items()}
+    out = {}
+    for key, value in kwargs.items():
+        try:
+            out[key] = adapter.decode_option(key, value)
+        except (TypeError, ValueError):
+            raise
+        except Exception as err:  # a library's own decoder (torchao's config_from_dict) raising KeyError ...
+            raise ValueError(
+                f"Option {key!r} of backend {adapter.name!r}: cannot read {_short(value)} ({type(err).__name__}: "
+                f"{err}). Write it as to_dict() does."
+            ) from None
+    return out
+
+
+def _string_keys(data: Mapping, where: str, what: str = "option names") -> dict[str, Any]:
+    """`data` as a dict, or a TypeError when a key is not a string (JSON objects and **kwargs need string keys)."""
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"The {what} in {where} must be strings, got {type(bad[0]).__name__} {bad[0]!r}.")
+    empty = [k for k in data if not k.strip()]
+    if empty:
+        raise ValueError(f"The {what} in {where} must not be empty, got {empty[0]!r}.")
+    return dict(data)
+
+
+def _component_names(value: Any) -> list[str] | None:
+    """components_to_quantize as a list of names (one string = one name; None = every model component)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise TypeError(
+            "components_to_quantize must be a list of component names such as ['transformer', 'text_encoder_2'] "
+            f"(or one name, or None for every model component), got {_short(value)}."
+        )
+    if not value:
+        raise ValueError(
+            "components_to_quantize=[] names no component; leave it out (None) to quantize every model component, "
+            "or name the ones to quantize, e.g. ['transformer']."
+        )
+    if not all(v.strip() for v in value):
+        raise ValueError(f"components_to_quantize has an empty name: {list(value)!r}; name each component.")
+    return list(value)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _show(value: Any) -> str:

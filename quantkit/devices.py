@@ -26,7 +26,9 @@ def parse_device(device) -> str:
     text = device.strip().lower()
     match = _PATTERN.match(text)
     if not match or (match.group(1) == "cpu" and match.group(2) not in (None, "0")):
-        raise ValueError(f"device={device!r} is not a device name: use 'cpu', 'cuda', 'cuda:N' (N = 0, 1, ...) or 'mps'.")
+        raise ValueError(
+            f"device={device!r} is not a device name: use 'cpu', 'cuda', 'cuda:N' (N = 0, 1, ...) or 'mps'."
+        )
     return "cpu" if match.group(1) == "cpu" else text
 
 
@@ -59,7 +61,8 @@ def check_device(device) -> str:
         count = torch.cuda.device_count()
         if index >= count:
             raise RuntimeError(
-                f"device={device!r}: this machine has {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1}); pick one of those."
+                f"device={device!r}: this machine has {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1}); "
+                "pick one of those."
             )
         return name
     if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

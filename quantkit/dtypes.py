@@ -80,5 +80,29 @@ def to_torch_dtype(name: str | None):
     return None if name is None else getattr(torch, dtype_name(name))
 
 
-__all__ = ["COMPUTE_BYTES", "COMPUTE_DTYPES", "FLOAT_CODES", "SAFETENSORS", "code_bytes", "code_info",
-           "dtype_name", "to_torch_dtype"]
+def dtype_kwargs(dtype) -> dict:
+    """The keyword a diffusers loader takes a dtype by: `dtype=` from diffusers 0.42 on (where `torch_dtype=`
+    is deprecated, with a FutureWarning per call), `torch_dtype=` before; {} for None."""
+    if dtype is None:
+        return {}
+    return {"dtype": dtype} if _diffusers_takes_dtype() else {"torch_dtype": dtype}
+
+
+def _diffusers_takes_dtype() -> bool:
+    from importlib.metadata import version
+
+    major, minor = (int(x) for x in version("diffusers").split(".")[:2])
+    return (major, minor) >= (0, 42)
+
+
+__all__ = [
+    "COMPUTE_BYTES",
+    "COMPUTE_DTYPES",
+    "FLOAT_CODES",
+    "SAFETENSORS",
+    "code_bytes",
+    "code_info",
+    "dtype_kwargs",
+    "dtype_name",
+    "to_torch_dtype",
+]

@@ -26,20 +26,59 @@ def one_of(allowed: Iterable[str]) -> str:
     return ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def require_package(module: str, pip_spec: str, purpose: str) -> None:
+BACKENDS_EXTRA = "quantkit[backends]"  # installs every backend library at once (pyproject's `backends` extra)
+
+
+def pip_command(spec: str) -> str:
+    """The shell command that installs `spec`, quoted so that `>=` is not a redirect: pip install 'gguf>=0.10.0'."""
+    return f"pip install '{spec}'"
+
+
+def install_hint(pip_spec: str, extra: str | None = None) -> str:
+    """ "Install it with: pip install 'X'" (+ " (or every backend: pip install 'quantkit[backends]')")."""
+    hint = f"Install it with: {pip_command(pip_spec)}"
+    if extra:
+        hint += f" (or every backend: {pip_command(extra)})"
+    return hint
+
+
+def is_importable(module: str) -> bool:
+    """Whether `module` can be imported here, without importing it (a missing parent package counts as missing)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ModuleNotFoundError, ValueError):  # parent package missing; a module with __spec__ None
+        return False
+
+
+def user_path(value, what: str):
+    """`Path(value).expanduser()`, with a `~name` for a user this machine does not know as a ValueError naming it.
+
+    Args:
+        value: a str or os.PathLike.
+        what: the argument's name, e.g. "source" or "out".
+    """
+    from pathlib import Path
+
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        raise ValueError(
+            f"{what}={str(value)!r} starts with '~' but names no user this machine knows (nor the home folder); "
+            "write the full path."
+        ) from None
+
+
+def require_package(module: str, pip_spec: str, purpose: str, extra: str | None = None) -> None:
     """Raise ImportError with the exact (quoted) pip command when `module` cannot be imported.
 
     Args:
         module: the import name, e.g. "optimum.quanto".
         pip_spec: the requirement to install, e.g. "optimum-quanto>=0.2.7".
         purpose: what needs it, e.g. "the 'quanto' backend".
+        extra: a quantkit extra that installs it too (e.g. BACKENDS_EXTRA), offered beside the single package.
     """
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # parent package missing
-        found = False
-    if not found:
+    if not is_importable(module):
         raise ImportError(
-            f"{purpose} needs the package {module!r}, which is not installed. "
-            f"Install it with: pip install '{pip_spec}'"
+            f"{purpose} needs the package {module!r}, which is not installed. {install_hint(pip_spec, extra)}.",
+            name=module,
         )

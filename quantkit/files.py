@@ -33,4 +33,16 @@ def temp_name(path: str | Path) -> Path:
     return path.with_name(f"{path.name}.tmp{os.getpid()}")
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "temp_name"]
+def session_folder(prefix: str) -> Path:
+    """A new temporary folder that is removed when this Python process exits (for results nobody asked to keep:
+    pass an explicit folder to keep them)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "session_folder", "temp_name"]

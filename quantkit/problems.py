@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from .errors import install_hint, is_importable, pip_command
+
 
 class ProblemKind(Enum):
     """Why something cannot run, and so which exception says it."""
@@ -33,35 +35,49 @@ class Problem:
         kind: what sort of problem it is (decides the exception type).
         reason: what is wrong, e.g. "package 'gguf' is not installed".
         fix: what to do instead, as a sentence ("use quanto 'int4' ...").
-        install: the pip requirement that fixes it, when installing is the fix (e.g. "quantkit[backends]").
+        install: the pip requirement that fixes it, when installing is the fix (e.g. "optimum-quanto>=0.2.7").
+        extra: a quantkit extra that installs it as well (e.g. "quantkit[backends]"), offered beside `install`.
+        module: the import name that was missing (MISSING_PACKAGE), so a later run can ask whether it is there now.
     """
 
     kind: ProblemKind
     reason: str
     fix: str = ""
     install: str | None = None
+    extra: str | None = None
+    module: str | None = None
 
     @property
     def pip_command(self) -> str | None:
         """The shell command that installs the fix, quoted for the shell; None when installing is not the fix."""
-        return f"pip install '{self.install}'" if self.install else None
+        return pip_command(self.install) if self.install else None
+
+    @property
+    def gone(self) -> bool:
+        """True when the cause is no longer there: a package that was missing is importable now."""
+        return self.kind is ProblemKind.MISSING_PACKAGE and self.module is not None and is_importable(self.module)
 
     def error(self, subject: str) -> Exception:
         """The exception to raise, with `subject` ("Cannot quantize 'transformer' ...") leading the message."""
         message = f"{subject}: {self.reason}."
         if self.kind is ProblemKind.MISSING_PACKAGE and self.install:
-            message += f" Install it with: {self.pip_command}"
+            message += f" {install_hint(self.install, self.extra)}"
             if self.fix:
                 message += f" (or instead: {self.fix})"
             message += "."
         elif self.fix:
             message += f" Instead: {self.fix}."
-        return self.kind.exception(message)
+        if self.kind is ProblemKind.MISSING_PACKAGE:
+            err = ImportError(message, name=self.module)
+        else:
+            err = self.kind.exception(message)
+        err.problem = self  # the decision travels with the exception (a caller may record its kind)
+        return err
 
 
-def missing_package(module: str, install: str, purpose: str, fix: str = "") -> Problem:
+def missing_package(module: str, install: str, purpose: str, fix: str = "", extra: str | None = None) -> Problem:
     """The problem of an uninstalled package, e.g. missing_package("gguf", "gguf>=0.10.0", "the 'gguf' backend")."""
-    return Problem(ProblemKind.MISSING_PACKAGE, f"package {module!r} is not installed", fix, install)
+    return Problem(ProblemKind.MISSING_PACKAGE, f"package {module!r} is not installed", fix, install, extra, module)
 
 
 __all__ = ["Problem", "ProblemKind", "missing_package"]

@@ -1,11 +1,16 @@
-"""Train quantkit's embedded pipeline (tiny-flux-shapes) on CPU.
+"""Train quantkit's embedded pipelines on CPU: v1 "tiny-flux-shapes" (default) or v2 "tiny-flux-scenes".
 
-    python scripts/train_embedded.py --smoke                  # < 1 minute, end to end, into a temp folder
+    python scripts/train_embedded.py --smoke                  # v1, < 1 minute, end to end, into a temp folder
     python scripts/train_embedded.py --preset pilot --out runs/pilot
-    python scripts/train_embedded.py --out quantkit/embedded/tiny-flux-shapes   # the shipped run
+    python scripts/train_embedded.py --out quantkit/embedded/tiny-flux-shapes   # v1's shipped run
+
+    python scripts/train_embedded.py --pipeline scenes --smoke                  # v2, seconds
+    python scripts/train_embedded.py --pipeline scenes --out quantkit/embedded/tiny-flux-scenes   # v2's shipped run
+    python scripts/train_embedded.py --pipeline scenes --evaluate-only --out quantkit/embedded/tiny-flux-scenes
 
 Each stage prints its wall time; `<out>/training_report.json` records config, timings, losses, held-out
-adherence (bf16) and seconds per image. See quantkit/models/train.py for what is trained and how.
+adherence and seconds per image. What is trained and how: quantkit/models/train.py (v1),
+quantkit/models/scenes_train.py (v2); the shared stages are in quantkit/models/training.py.
 """
 
 import argparse
@@ -22,6 +27,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from quantkit.models.train import PRESETS, config_from_preset, evaluate_and_document, train_embedded  # noqa: E402
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def scenes_main(args) -> int:
+    """v2: train (unless --evaluate-only), then evaluate and write the model card (unless --no-evaluate)."""
+    from quantkit.models.scenes_eval import evaluate_scenes_folder
+    from quantkit.models.scenes_train import scenes_config, train_scenes
+
+    if args.evaluate_only or args.continue_decoder:
+        if args.out is None:
+            raise SystemExit("--evaluate-only / --continue-decoder need --out (a folder written by this script)")
+        if args.continue_decoder:
+            from quantkit.models.scenes_train import continue_with_decoder
+
+            continue_with_decoder(args.out, log=log)
+        if not args.no_evaluate:
+            evaluate_scenes_folder(args.out, log=log)
+        return 0
+    preset = "smoke" if args.smoke else args.preset
+    config = scenes_config(
+        preset,
+        seed=args.seed,
+        n_images=args.n_images,
+        vae_steps=args.vae_steps,
+        transformer_steps=args.transformer_steps,
+        batch_size=args.batch_size,
+    )
+    out = args.out or Path(tempfile.mkdtemp(prefix="tiny-flux-scenes-smoke-"))
+    print(f"preset {preset}: {config}\nwriting to {out}", flush=True)
+    start = time.perf_counter()
+    train_scenes(out, config, log=log)
+    print(f"training {time.perf_counter() - start:.0f} s", flush=True)
+    if not (args.no_evaluate or args.smoke):
+        evaluate_scenes_folder(out, log=log)
+    return 0
 
 
 def evaluate_only(args) -> int:
@@ -46,6 +89,18 @@ def evaluate_only(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="output folder (default: a temp folder for --smoke, else required)")
+    parser.add_argument(
+        "--pipeline",
+        choices=["shapes", "scenes"],
+        default="shapes",
+        help="shapes = v1 (tiny-flux-shapes, 32×32); scenes = v2 (tiny-flux-scenes, 64×64)",
+    )
+    parser.add_argument("--no-evaluate", action="store_true", help="scenes: train and save only")
+    parser.add_argument(
+        "--continue-decoder",
+        action="store_true",
+        help="scenes: run the decoder stage on a folder trained before that stage existed",
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--smoke", action="store_true", help="same as --preset smoke, then reload and generate")
     parser.add_argument("--seed", type=int)
@@ -64,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="store_true", help="with --evaluate-only: compare settings first")
     args = parser.parse_args(argv)
 
+    if args.pipeline == "scenes":
+        return scenes_main(args)
     if args.evaluate_only:
         return evaluate_only(args)
 

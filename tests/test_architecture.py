@@ -58,7 +58,9 @@ def test_imports_run_down_the_workflow(path):
 
 
 def test_no_backend_name_is_tested_outside_backends():
-    pattern = re.compile(r"""(backend|quant_backend)\s*(==|!=|\.startswith\()\s*["']|== ["'](gguf|quanto|torchao)["']""")
+    pattern = re.compile(
+        r"""(backend|quant_backend)\s*(==|!=|\.startswith\()\s*["']|== ["'](gguf|quanto|torchao)["']"""
+    )
     hits = []
     for path in PACKAGE.rglob("*.py"):
         # backends/ is where names belong; an exercise checker compares a learner's answer with the expected word
@@ -84,8 +86,11 @@ def test_module_names_do_not_shadow_the_public_functions():
 
 
 def test_no_file_is_longer_than_about_500_lines():
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > 560 and p.name != "train.py"}
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 560 and p.name != "train.py"
+    }
     assert long == {}
 
 
@@ -94,8 +99,11 @@ def test_no_file_is_longer_than_about_500_lines():
 
 @pytest.mark.parametrize(
     ("kind", "exception"),
-    [(ProblemKind.MISSING_PACKAGE, ImportError), (ProblemKind.NEEDS_HARDWARE, RuntimeError),
-     (ProblemKind.UNSUPPORTED, ValueError)],
+    [
+        (ProblemKind.MISSING_PACKAGE, ImportError),
+        (ProblemKind.NEEDS_HARDWARE, RuntimeError),
+        (ProblemKind.UNSUPPORTED, ValueError),
+    ],
     ids=["missing-package", "hardware", "unsupported"],
 )
 def test_the_exception_follows_the_problem_kind(kind, exception):
@@ -126,17 +134,28 @@ def test_which_backends_keep_the_models_fp32_modules():
         _keep_in_fp32_modules = ["wo"]
 
     keeps = {name: get_backend(name).keep_modules(Model(), {}) for name in REGISTRY}
-    assert keeps == {"bitsandbytes_4bit": ["wo"], "bitsandbytes_8bit": ["wo"], "gguf": ["wo"], "quanto": [],
-                     "torchao": []}
+    assert keeps == {
+        "bitsandbytes_4bit": ["wo"],
+        "bitsandbytes_8bit": ["wo"],
+        "gguf": ["wo"],
+        "quanto": [],
+        "torchao": [],
+    }
     q = get_backend("quanto")
     assert q.keep_modules(Model(), q.normalize_kwargs({"modules_to_not_convert": ["proj_out"]})) == ["proj_out"]
 
 
 def test_what_diffusers_can_express_is_the_backends_word():
-    flags = {name: (a.diffusers_simple_form, a.in_pipeline_config, a.diffusers_needs_cuda)
-             for name, a in REGISTRY.items()}
-    assert flags == {"bitsandbytes_4bit": (True, True, True), "bitsandbytes_8bit": (True, True, True),
-                     "gguf": (False, False, False), "quanto": (False, True, False), "torchao": (False, True, False)}
+    flags = {
+        name: (a.diffusers_simple_form, a.in_pipeline_config, a.diffusers_needs_cuda) for name, a in REGISTRY.items()
+    }
+    assert flags == {
+        "bitsandbytes_4bit": (True, True, True),
+        "bitsandbytes_8bit": (True, True, True),
+        "gguf": (False, False, False),
+        "quanto": (False, True, False),
+        "torchao": (False, True, False),
+    }
 
 
 def test_native_configs_are_claimed_by_their_backend():
@@ -150,8 +169,12 @@ def test_native_configs_are_claimed_by_their_backend():
         "torchao": TorchAoConfig(Int8WeightOnlyConfig()),
     }
     owners = {key: [n for n, a in REGISTRY.items() if a.accepts_native(c)] for key, c in claims.items()}
-    assert owners == {"nf4": ["bitsandbytes_4bit"], "int8": ["bitsandbytes_8bit"], "gguf": ["gguf"],
-                      "torchao": ["torchao"]}
+    assert owners == {
+        "nf4": ["bitsandbytes_4bit"],
+        "int8": ["bitsandbytes_8bit"],
+        "gguf": ["gguf"],
+        "torchao": ["torchao"],
+    }
 
 
 def test_torchao_serializes_its_config_objects_itself():
@@ -167,10 +190,18 @@ def test_torchao_serializes_its_config_objects_itself():
 
 
 def test_option_choices_come_from_the_adapter():
-    assert get_backend("torchao").option_choices("quant_type") == ("int8wo", "int8dq", "float8wo", "float8dq",
-                                                                   "int4wo")
-    assert get_backend("bitsandbytes_4bit").option_choices("bnb_4bit_compute_dtype") == ("float32", "float16",
-                                                                                          "bfloat16")
+    assert get_backend("torchao").option_choices("quant_type") == (
+        "int8wo",
+        "int8dq",
+        "float8wo",
+        "float8dq",
+        "int4wo",
+    )
+    assert get_backend("bitsandbytes_4bit").option_choices("bnb_4bit_compute_dtype") == (
+        "float32",
+        "float16",
+        "bfloat16",
+    )
     assert get_backend("quanto").option_choices("modules_to_not_convert") is None
 
 
@@ -178,8 +209,9 @@ def test_the_default_weights_hook_streams_safetensors(flux_dir):
     import quantkit as qk
     from quantkit.checkpoint import SafetensorsSource
 
-    config = qk.PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                           components_to_quantize=["transformer"])
+    config = qk.PipelineQuantizationConfig(
+        quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"}, components_to_quantize=["transformer"]
+    )
     c = qk.plan(flux_dir, config, device="cpu").components["transformer"]
     weights = c.spec.adapter.weights(c, None, "cpu")
     assert isinstance(weights.source, SafetensorsSource) and weights.model is None and callable(weights.quantize)
@@ -191,8 +223,9 @@ def test_gguf_plans_its_own_loader(flux_dir):
     import quantkit as qk
     from quantkit.planning import Loader
 
-    config = qk.PipelineQuantizationConfig(quant_backend="gguf", quant_kwargs={"quant_type": "Q8_0"},
-                                           components_to_quantize=["transformer", "vae"])
+    config = qk.PipelineQuantizationConfig(
+        quant_backend="gguf", quant_kwargs={"quant_type": "Q8_0"}, components_to_quantize=["transformer", "vae"]
+    )
     p = qk.plan(flux_dir, config, device="cpu")
     assert p.components["transformer"].loader is Loader.GGUF_WRITTEN and p.components["transformer"].supported
     vae = p.components["vae"]
@@ -229,8 +262,10 @@ def test_one_dtype_table_knows_unsigned_tensors(tmp_path):
     (tmp_path / "c").mkdir()
     import numpy as np
 
-    tensors = {"a": torch.from_numpy(np.arange(6, dtype=np.uint16).reshape(2, 3)),
-               "b": torch.from_numpy(np.arange(4, dtype=np.uint32))}
+    tensors = {
+        "a": torch.from_numpy(np.arange(6, dtype=np.uint16).reshape(2, 3)),
+        "b": torch.from_numpy(np.arange(4, dtype=np.uint32)),
+    }
     save_file(tensors, str(tmp_path / "c" / "model.safetensors"))
     assert read_header(tmp_path / "c" / "model.safetensors") == {"a": ("U16", (2, 3)), "b": ("U32", (4,))}
     source = SafetensorsSource(tmp_path / "c")

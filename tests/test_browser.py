@@ -2,8 +2,9 @@
 opened in Debian's Chromium (driven by Playwright through its executable path; no browser is downloaded).
 
 Checks that the widget renders (no "Error displaying widget") and that choosing another backend in the page
-changes the plan shown. Skipped where /usr/bin/chromium or the playwright package is missing (developer
-machines); CI installs both with scripts/ci_browser_setup.sh. About 30-40 s.
+changes the plan shown. Skipped, with the reason, where /usr/bin/chromium or the playwright package is missing
+(developer machines): CI installs both with scripts/ci_browser_setup.sh (CI=true), elsewhere
+`bash scripts/ci_browser_setup.sh --system` does. About 30-40 s.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
 import lab  # noqa: E402
 
-pytestmark = pytest.mark.skipif(lab.missing() is not None, reason=str(lab.missing()))
+MISSING = lab.missing()
+pytestmark = pytest.mark.skipif(
+    MISSING is not None, reason=f"{MISSING}; `bash scripts/ci_browser_setup.sh --system` installs what is missing"
+)
 
 NOTEBOOK = Path(__file__).parent / "browser" / "config_builder.ipynb"
 

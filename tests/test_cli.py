@@ -18,12 +18,21 @@ from quantkit.comparison import RESULTS_FILE, read_records
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "baseline": None,
-    "quanto-int8": {"quant_backend": "quanto", "quant_kwargs": {"weights_dtype": "int8"},
-                    "components_to_quantize": ["transformer", "text_encoder_2"]},
-    "gguf-Q8_0": {"quant_backend": "gguf", "quant_kwargs": {"quant_type": "Q8_0"},
-                  "components_to_quantize": ["transformer"]},
-    "torchao-int8wo": {"quant_backend": "torchao", "quant_kwargs": {"quant_type": "int8wo"},
-                       "components_to_quantize": ["transformer"]},
+    "quanto-int8": {
+        "quant_backend": "quanto",
+        "quant_kwargs": {"weights_dtype": "int8"},
+        "components_to_quantize": ["transformer", "text_encoder_2"],
+    },
+    "gguf-Q8_0": {
+        "quant_backend": "gguf",
+        "quant_kwargs": {"quant_type": "Q8_0"},
+        "components_to_quantize": ["transformer"],
+    },
+    "torchao-int8wo": {
+        "quant_backend": "torchao",
+        "quant_kwargs": {"quant_type": "int8wo"},
+        "components_to_quantize": ["transformer"],
+    },
 }
 
 
@@ -40,8 +49,17 @@ def test_help_follows_the_usual_conventions(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: quantkit compare [-h] [-o DIR] [--variants FILE]")
-    for option in ("--out DIR", "--variants FILE", "--prompts PROMPT", "--seeds SEED", "--steps N", "--device",
-                   "--retry-failed", "--sensitivity VARIANT", "examples:"):
+    for option in (
+        "--out DIR",
+        "--variants FILE",
+        "--prompts PROMPT",
+        "--seeds SEED",
+        "--steps N",
+        "--device",
+        "--retry-failed",
+        "--sensitivity VARIANT",
+        "examples:",
+    ):
         assert option in out
     with pytest.raises(SystemExit) as exit_:
         main([])
@@ -81,14 +99,43 @@ def test_a_run_writes_results_csv_report_and_plots(flux_dir, tmp_path, capsys):
     variants = tmp_path / "v.json"
     variants.write_text(json.dumps({k: VARIANTS[k] for k in ("baseline", "quanto-int8")}))
     out = tmp_path / "out"
-    code = main(["compare", str(flux_dir), "--out", str(out), "--variants", str(variants), "--prompts", "a red circle",
-                 "a blue square", "--seeds", "3", "--steps", "2", "--sensitivity", "auto", "--keep-sensitive", "2",
-                 "-q"])
+    code = main(
+        [
+            "compare",
+            str(flux_dir),
+            "--out",
+            str(out),
+            "--variants",
+            str(variants),
+            "--prompts",
+            "a red circle",
+            "a blue square",
+            "--seeds",
+            "3",
+            "--steps",
+            "2",
+            "--sensitivity",
+            "auto",
+            "--keep-sensitive",
+            "2",
+            "-q",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "quanto-int8+keep2" in printed and f"to {out} in " in printed
-    for name in ("results.jsonl", "results.csv", "report.md", "report.html", "memory.png", "peak_memory.png",
-                 "quality.png", "images.png", "sensitivity.png", "images/baseline/p1-s3.png"):
+    for name in (
+        "results.jsonl",
+        "results.csv",
+        "report.md",
+        "report.html",
+        "memory.png",
+        "peak_memory.png",
+        "quality.png",
+        "images.png",
+        "sensitivity.png",
+        "images/baseline/p1-s3.png",
+    ):
         assert (out / name).is_file(), name
     records = read_records(out)
     assert [r["variant"] for r in records] == ["baseline", "quanto-int8", "quanto-int8+keep2"]
@@ -119,9 +166,25 @@ def _descendants(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker processes")
 def test_kill_9_mid_run_then_rerun_keeps_finished_records_and_completes(flux_dir, tmp_path, variants_file):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "quantkit", "compare", str(flux_dir), "--out", str(out), "--variants",
-               str(variants_file), "--prompts", "a red circle", "--seeds", "0", "--sensitivity", "none",
-               "--no-report", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "quantkit",
+        "compare",
+        str(flux_dir),
+        "--out",
+        str(out),
+        "--variants",
+        str(variants_file),
+        "--prompts",
+        "a red circle",
+        "--seeds",
+        "0",
+        "--sensitivity",
+        "none",
+        "--no-report",
+        "-q",
+    ]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / RESULTS_FILE
     deadline = time.time() + 120
@@ -164,13 +227,21 @@ def _state(pid: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / "quantkit" / "embedded" / "tiny-flux-shapes" / "model_index.json").is_file(),
-                    reason="the embedded pipeline has not been trained into the package yet")
+@pytest.mark.skipif(
+    not (ROOT / "quantkit" / "embedded" / "tiny-flux-shapes" / "model_index.json").is_file(),
+    reason="the embedded pipeline has not been trained into the package yet",
+)
 def test_the_main_job_with_its_defaults_runs_every_variant(tmp_path):
     env = {**os.environ, "QUANTKIT_CACHE": str(tmp_path / "cache")}  # a first run: GGUF files written too
     t = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "quantkit", "compare", "--out", str(tmp_path / "out"), "-q"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "quantkit", "compare", "--out", str(tmp_path / "out"), "-q"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - t
     assert done.returncode == 0, done.stderr[-2000:]
     records = read_records(tmp_path / "out")
@@ -179,3 +250,89 @@ def test_the_main_job_with_its_defaults_runs_every_variant(tmp_path):
     # the 2-minute target is checked by benchmarks/bench_compare.py, which prints per-stage figures; a timed
     # assertion here would fail on a loaded machine, so the wall time is only reported
     print(f"quantkit compare with defaults took {wall:.0f} s")
+
+
+# -- the other verbs -----------------------------------------------------------------------------------------------
+
+
+def _run(*argv):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "quantkit", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_plan_verb_prints_the_plan_and_json():
+    done = _run("plan", "--backend", "quanto", "--kwargs", '{"weights_dtype": "int8"}', "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LoadPlan for FluxPipeline from the embedded pipeline on cpu" in done.stdout
+    assert "quanto int8" in done.stdout and "Failed to load" not in done.stderr  # third-party noise filtered
+    data = json.loads(
+        _run(
+            "plan",
+            "--backend",
+            "gguf",
+            "--kwargs",
+            '{"quant_type": "Q4_0"}',
+            "--device",
+            "cpu",
+            "--json",
+            "--layers",
+            "transformer",
+        ).stdout
+    )
+    assert {c["component"]: c["quantization"] for c in data["components"]}["transformer"] == "gguf Q4_0"
+    assert data["bytes_after"] < data["bytes_before"] and data["layers"][0]["status"] == "quantized"
+
+
+def test_plan_verb_errors_are_one_line_with_exit_1():
+    done = _run("plan", "--backend", "quantoo")
+    assert done.returncode == 1
+    assert "quantkit plan: error: Unknown quant_backend 'quantoo'. Did you mean 'quanto'?" in done.stderr
+
+
+def test_fit_verb_for_a_t4(tmp_path):
+    done = _run("fit", "black-forest-labs/FLUX.1-dev", "--gpu", "T4", "--top", "3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fit: usable memory 14.45 GiB (T4)" in done.stdout and "yes" in done.stdout
+    rows = json.loads(_run("fit", "black-forest-labs/FLUX.1-dev", "--memory", "80GiB", "--json").stdout)
+    assert rows[0]["fits"] is True and {"candidate", "peak_bytes", "slowdown"} <= set(rows[0])
+    assert _run("fit", "black-forest-labs/FLUX.1-dev").returncode == 2  # --gpu or --memory is required
+
+
+def test_footprint_and_backends_verbs(tmp_path, flux_dir):
+    done = _run("footprint", str(flux_dir))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "true bytes" in done.stdout and "total" in done.stdout
+    rows = json.loads(_run("backends", "--json").stdout)
+    assert {r["backend"] for r in rows} == {"bitsandbytes_4bit", "bitsandbytes_8bit", "gguf", "quanto", "torchao"}
+    assert next(r for r in rows if r["backend"] == "torchao")["cuda_only"] == ["float8dq", "int4wo"]
+    assert "CUDA only" in _run("backends").stdout
+
+
+def test_compare_only_picks_variants(tmp_path):
+    done = _run(
+        "compare",
+        "--only",
+        "quanto-int8",
+        "--out",
+        str(tmp_path / "out"),
+        "--seeds",
+        "0",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--sensitivity",
+        "none",
+        "--no-report",
+        "-q",
+        "--prompts",
+        "a red circle",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["variant"] for r in read_records(tmp_path / "out")] == ["baseline", "quanto-int8"]
+    wrong = _run("compare", "--only", "quanto-int9", "--out", str(tmp_path / "x"))
+    assert wrong.returncode == 1 and "Did you mean 'quanto-int8'?" in wrong.stderr

@@ -177,8 +177,16 @@ def test_results_reload_from_the_folder_and_save_a_report(first, tmp_path):
     loaded = CompareResults.load(first.folder)
     assert loaded.frame.equals(first.frame)
     folder = loaded.save(tmp_path / "copy")
-    for name in ("results.csv", "report.md", "report.html", "memory.png", "quality.png", "images.png",
-                 "peak_memory.png", RESULTS_FILE):
+    for name in (
+        "results.csv",
+        "report.md",
+        "report.html",
+        "memory.png",
+        "quality.png",
+        "images.png",
+        "peak_memory.png",
+        RESULTS_FILE,
+    ):
         assert (folder / name).is_file(), name
     report = (folder / "report.md").read_text()
     assert "| quanto-int8 |" in report and "![Quality against memory](quality.png)" in report
@@ -226,10 +234,12 @@ def test_variants_file_round_trip(flux_dir, tmp_path):
 
 
 def test_a_dead_worker_is_described():
-    assert _exit_message(-9, {}, None).startswith("WorkerDied: the worker process was killed by SIGKILL (the "
-                                                  "kernel's out-of-memory killer sends SIGKILL)")
-    assert _exit_message(None, {"timed_out": True}, 5).startswith("TimeoutError: the variant took longer than "
-                                                                 "timeout_s=5 s")
+    assert _exit_message(-9, {}, None).startswith(
+        "WorkerDied: the worker process was killed by SIGKILL (the kernel's out-of-memory killer sends SIGKILL)"
+    )
+    assert _exit_message(None, {"timed_out": True}, 5).startswith(
+        "TimeoutError: the variant took longer than timeout_s=5 s"
+    )
 
 
 def test_a_variant_past_its_timeout_is_stopped_and_recorded(flux_dir, tmp_path):
@@ -238,8 +248,10 @@ def test_a_variant_past_its_timeout_is_stopped_and_recorded(flux_dir, tmp_path):
     assert record["status"] == "error" and record["error"].startswith("TimeoutError")
 
 
-embedded = pytest.mark.skipif(not (EMBEDDED_PIPELINE / "model_index.json").is_file(),
-                              reason="the embedded pipeline has not been trained into the package yet")
+embedded = pytest.mark.skipif(
+    not (EMBEDDED_PIPELINE / "model_index.json").is_file(),
+    reason="the embedded pipeline has not been trained into the package yet",
+)
 
 
 @embedded

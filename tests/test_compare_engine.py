@@ -9,10 +9,19 @@ import pytest
 from quantkit import PipelineQuantizationConfig
 from quantkit.comparison import CompareSettings, VariantRecord, compare, read_records
 
-FAST = {"prompts": ["a red circle"], "seeds": [0], "warmup": 0, "repeats": 1, "num_inference_steps": 2,
-        "report": False, "progress": False, "use_lpips": False}
-QUANTO = PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                    components_to_quantize=["transformer"])
+FAST = {
+    "prompts": ["a red circle"],
+    "seeds": [0],
+    "warmup": 0,
+    "repeats": 1,
+    "num_inference_steps": 2,
+    "report": False,
+    "progress": False,
+    "use_lpips": False,
+}
+QUANTO = PipelineQuantizationConfig(
+    quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"}, components_to_quantize=["transformer"]
+)
 
 
 def test_on_record_sees_each_finished_variant_in_order(flux_dir, tmp_path):
@@ -51,8 +60,16 @@ def test_stop_set_while_a_worker_runs_records_nothing_for_it(flux_dir, tmp_path)
 
 
 def test_settings_object_and_options_are_the_same(flux_dir, tmp_path):
-    settings = CompareSettings(prompts=["a red circle"], seeds=[0], num_inference_steps=2, warmup=0, repeats=1,
-                               report=False, progress=False, use_lpips=False)
+    settings = CompareSettings(
+        prompts=["a red circle"],
+        seeds=[0],
+        num_inference_steps=2,
+        warmup=0,
+        repeats=1,
+        report=False,
+        progress=False,
+        use_lpips=False,
+    )
     results = compare(flux_dir, {"baseline": None}, settings, out=tmp_path)
     assert results.meta["settings"]["call_kwargs"] == {"num_inference_steps": 2}
     assert CompareSettings.from_options(settings, seeds=[3]).seeds == [3]
@@ -108,8 +125,31 @@ def test_an_out_that_is_a_file_is_a_clear_error(flux_dir, tmp_path):
 
 
 def test_strict_stops_at_the_first_failure(flux_dir, tmp_path):
-    bad = PipelineQuantizationConfig(quant_backend="torchao", quant_kwargs={"quant_type": "int4wo"},
-                                     components_to_quantize=["transformer"])
+    bad = PipelineQuantizationConfig(
+        quant_backend="torchao", quant_kwargs={"quant_type": "int4wo"}, components_to_quantize=["transformer"]
+    )
     with pytest.raises(RuntimeError, match="Variant 'int4' failed: RuntimeError: Cannot quantize 'transformer'"):
         compare(flux_dir, {"baseline": None, "int4": bad, "q8": QUANTO}, out=tmp_path, strict=True, **FAST)
     assert [r["variant"] for r in read_records(tmp_path)] == ["baseline", "int4"]  # recorded, then stopped
+
+
+def test_a_comparison_without_out_leaves_no_folder_behind(flux_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import quantkit as qk, sys; r = qk.compare(sys.argv[1], {'baseline': None}, prompts=['a red circle'], "
+        "seeds=[0], warmup=0, repeats=1, num_inference_steps=2, report=False, progress=False, use_lpips=False); "
+        "print(r.folder, len(r.records))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "TMPDIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(flux_dir)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder, n = done.stdout.split()[-2:]
+    assert n == "1" and Path(folder).parent == tmp_path  # the results were there while the process ran
+    assert not Path(folder).exists()  # and went with it (pass out= to keep them)

@@ -64,15 +64,21 @@ def test_compare_on_cuda_records_allocator_peaks(flux_dir, tmp_path):
     from quantkit import PipelineQuantizationConfig
     from quantkit.comparison import compare
 
-    int8 = PipelineQuantizationConfig(quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"},
-                                      components_to_quantize=["transformer"])
+    int8 = PipelineQuantizationConfig(
+        quant_backend="quanto", quant_kwargs={"weights_dtype": "int8"}, components_to_quantize=["transformer"]
+    )
     variants = {"baseline": None, "quanto-int8": int8}
-    results = compare(flux_dir, variants, prompts=["a red circle"], seeds=[0], out=tmp_path, device="cuda",
-                      progress=False)
+    results = compare(
+        flux_dir, variants, prompts=["a red circle"], seeds=[0], out=tmp_path, device="cuda", progress=False
+    )
     frame = results.frame
     assert (frame["status"] == "ok").all(), results.failed
-    for col in ("peak_load_cuda_allocated", "peak_load_cuda_reserved", "peak_gen_cuda_allocated",
-                "peak_gen_cuda_reserved"):
+    for col in (
+        "peak_load_cuda_allocated",
+        "peak_load_cuda_reserved",
+        "peak_gen_cuda_allocated",
+        "peak_gen_cuda_reserved",
+    ):
         assert (frame[col] > 0).all(), col
     assert (frame["peak_gen_cuda_reserved"] >= frame["peak_gen_cuda_allocated"]).all()
     record = results.records[0]

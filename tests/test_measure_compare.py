@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pandas as pd
@@ -102,8 +101,9 @@ def test_psnr_and_ssim_agree_with_their_definitions():
 def test_image_quality_counts_identical_images_and_says_what_it_skipped():
     from quantkit.models.shapes import render_shape
 
-    images = as_image_array([render_shape("red", "circle", seed=0), render_shape("blue", "square", "on the left",
-                                                                                seed=1)])
+    images = as_image_array(
+        [render_shape("red", "circle", seed=0), render_shape("blue", "square", "on the left", seed=1)]
+    )
     noisy = np.clip(images + 0.02, 0, 1)
     q = image_quality(np.stack([images[0], noisy[1]]), images, ["a red circle", "a blue square on the left"])
     assert q.identical == 1 and math.isfinite(q.psnr) and q.psnr_min == q.psnr  # the mean leaves inf out
@@ -129,15 +129,26 @@ def test_pareto_front():
 def test_plots_return_figures():
     from matplotlib.figure import Figure
 
-    frame = pd.DataFrame({"status": ["ok", "ok", "error"], "bytes": [4e6, 2e6, None],
-                          "psnr": [None, 35.0, None], "adherence": [1.0, 0.5, None]},
-                         index=pd.Index(["baseline", "q", "broken"], name="variant"))
+    frame = pd.DataFrame(
+        {
+            "status": ["ok", "ok", "error"],
+            "bytes": [4e6, 2e6, None],
+            "psnr": [None, 35.0, None],
+            "adherence": [1.0, 0.5, None],
+        },
+        index=pd.Index(["baseline", "q", "broken"], name="variant"),
+    )
     components = pd.DataFrame({"transformer": [3e6, 1e6], "vae": [1e6, 1e6]}, index=["baseline", "q"])
     layers = pd.DataFrame({"layer": ["a", "b", "c"], "sqnr_db": [12.0, 20.0, math.inf], "status": ["quantized"] * 3})
-    figs = [plot_memory(components), plot_quality_vs_bytes(frame, "psnr", reference="baseline"),
-            plot_quality_vs_bytes(frame, "adherence"), plot_image_grid({"baseline": np.zeros((2, 8, 8, 3))},
-                                                                       captions=["x", "y"]),
-            plot_layer_error(layers)]
+    figs = [
+        plot_memory(components),
+        plot_quality_vs_bytes(frame, "psnr", reference="baseline"),
+        plot_quality_vs_bytes(frame, "adherence"),
+        plot_image_grid({"baseline": np.zeros((2, 8, 8, 3))}, captions=["x", "y"]),
+        plot_layer_error(layers),
+    ]
     assert all(isinstance(f, Figure) for f in figs)
     labels = [t.get_text() for t in figs[1].axes[0].texts]
-    assert "baseline (reference)" in labels and "q" in labels
+    assert "1 reference (∞ dB)" in labels and "2" in labels
+    key = [t.get_text() for t in figs[1].axes[0].get_legend().get_texts()][:2]
+    assert key == ["baseline: 3.8 MiB, the reference", "q: 1.9 MiB, 35.0 dB"]

@@ -6,7 +6,16 @@ One test per notebook exercise, named after the notebook; the wrong answers are 
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
+
+try:  # Python 3.11+; on 3.10 the same parser is the tomli package
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - exercised on 3.10 only
+    tomllib = pytest.importorskip("tomli")
 
 from quantkit.show import exercises as ex
 
@@ -34,8 +43,7 @@ def test_01_flux_int8_gb(capsys):
 def test_02_pack_int4(capsys):
     import torch
 
-    def unanswered(codes):
-        ...
+    def unanswered(codes): ...
 
     ex.check_pack_int4(unanswered)
     assert "Not answered yet" in capsys.readouterr().out
@@ -99,6 +107,11 @@ def test_03_simple_config(capsys):
         ex.check_simple_config(
             qk.PipelineQuantizationConfig("bitsandbytes_8bit", {"load_in_8bit": True}, ["transformer", "vae"])
         )
+    # the notebook's buggy config, with its first bug fixed: CLIP ('text_encoder') instead of T5
+    with pytest.raises(AssertionError, match=r"missing \['text_encoder_2'\]; not wanted \['text_encoder'\]"):
+        ex.check_simple_config(
+            qk.PipelineQuantizationConfig("bitsandbytes_8bit", {"load_in_8bit": True}, ["transformer", "text_encoder"])
+        )
     with pytest.raises(AssertionError, match="simple form"):
         ex.check_simple_config(
             qk.PipelineQuantizationConfig(quant_mapping={"transformer": qk.QuantSpec("bitsandbytes_8bit")})
@@ -160,6 +173,14 @@ def test_04_mapping(capsys):
         ex.check_mapping(PipelineQuantizationConfig(quant_mapping={"transformer": QuantoConfig(weights_dtype="int8")}))
     ex.check_mapping(mapping(QuantoConfig(weights_dtype="int8"), TransformersBnb(**nf4)))
     assert "Correct!" in capsys.readouterr().out
+    # on a T4 the notebook asks for float16 (no bfloat16 there): the same config is then off by its dtype
+    with pytest.raises(AssertionError, match="computes in bfloat16, not float16"):
+        ex.check_mapping(
+            mapping(QuantoConfig(weights_dtype="int8"), TransformersBnb(**nf4)), compute_dtype=torch.float16
+        )
+    fp16 = {**nf4, "bnb_4bit_compute_dtype": torch.float16}
+    ex.check_mapping(mapping(QuantoConfig(weights_dtype="int8"), TransformersBnb(**fp16)), compute_dtype=torch.float16)
+    assert "Correct!" in capsys.readouterr().out
 
 
 # -- 05 backend shoot-out ----------------------------------------------------------------------------------------
@@ -202,10 +223,12 @@ def test_05_pareto(capsys, compare_frame):
 def test_05_public_fit(capsys):
     ex.check_public_fit(...)
     assert "Not answered yet" in capsys.readouterr().out
-    with pytest.raises(AssertionError, match="its peak during generation is 24.4 GB"):
+    with pytest.raises(AssertionError, match="its peak during generation is 24.4 GiB, more than the 21.65 GiB a L4"):
         ex.check_public_fit("bnb 8-bit")
-    with pytest.raises(AssertionError, match="another config that fits is faster"):
+    with pytest.raises(AssertionError, match="21.8 GiB"):  # fits a 24 GB card on paper, not after the CUDA context
         ex.check_public_fit("quanto int8")
+    with pytest.raises(AssertionError, match="another row that fits is faster"):
+        ex.check_public_fit("torchao int8wo")
     with pytest.raises(AssertionError, match="not a row of the table"):
         ex.check_public_fit("nf4")
     ex.check_public_fit("bnb nf4")
@@ -243,6 +266,8 @@ def test_07_compression_ratio(capsys):
     assert "Not answered yet" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="get_memory_footprint"):
         ex.check_compression_ratio(true_fp / reported, true_fp, true_q, reported_bytes=reported)
+    with pytest.raises(AssertionError, match="ratio of the codes alone"):
+        ex.check_compression_ratio(4.0, true_fp, true_q, reported_bytes=reported)
     with pytest.raises(AssertionError, match="upside down"):
         ex.check_compression_ratio(true_q / true_fp, true_fp, true_q, reported_bytes=reported)
     ex.check_compression_ratio(true_fp / true_q, true_fp, true_q, reported_bytes=reported)
@@ -297,10 +322,10 @@ def test_08_kept_layers(capsys):
     assert "Correct!" in capsys.readouterr().out
 
 
-# -- 09 save, reload, share --------------------------------------------------------------------------------------
+# -- 10 save, reload, share --------------------------------------------------------------------------------------
 
 
-def test_09_reloaded(capsys, tmp_path):
+def test_10_reloaded(capsys, tmp_path):
     import json
     from types import SimpleNamespace
 
@@ -321,30 +346,273 @@ def test_09_reloaded(capsys, tmp_path):
     assert "Correct!" in capsys.readouterr().out
 
 
-# -- 10 real models on Colab -------------------------------------------------------------------------------------
+# -- the public FLUX.1-dev figures (05, 07, 13) --------------------------------------------------------------------
 
 
-def test_10_fits_budget(capsys):
-    import pandas as pd
+def test_public_table_says_what_its_numbers_are():
+    table = ex.public_flux_table()
+    assert list(table.columns[:3]) == ["GiB after load", "GiB peak", "s / image"]
+    assert "max_memory_reserved" in table.attrs["note"] and "GiB" in table.attrs["note"]
+    gguf = [row for row in table.index if row.startswith("GGUF")]
+    assert gguf and all(table.loc[row, "quantized"] == ex.FLUX_DEV_PUBLIC_QUANTIZED[row] for row in table.index)
+    assert set(table.loc[gguf, "quantized"]) == {"transformer only (T5 in BF16)"}
+    assert set(table.drop(index=[*gguf, "BF16"])["quantized"]) == {"transformer + T5"}
 
+
+# -- 09 weight-only vs dynamic activation quantization ----------------------------------------------------------
+
+
+def _int8_rows(t):
+    import torch
+
+    scale = t.abs().amax(dim=1, keepdim=True) / 127
+    return torch.clamp(torch.round(t / scale), -127, 127).to(torch.int32), scale
+
+
+def test_09_int8_dynamic_linear(capsys):
+    import torch
+
+    def unanswered(x, w): ...
+
+    ex.check_int8_dynamic_linear(unanswered)
+    assert "Not answered yet" in capsys.readouterr().out
+
+    def per_tensor_activation(x, w):
+        qw, sw = _int8_rows(w)
+        sx = x.abs().amax() / 127
+        qx = torch.clamp(torch.round(x / sx), -127, 127).to(torch.int32)
+        return (qx @ qw.T).float() * sx * sw.T
+
+    def not_rescaled(x, w):
+        (qx, _), (qw, _) = _int8_rows(x), _int8_rows(w)
+        return (qx @ qw.T).float()
+
+    with pytest.raises(AssertionError, match="the float product itself"):
+        ex.check_int8_dynamic_linear(lambda x, w: x @ w.T)
+    with pytest.raises(AssertionError, match="raw int32 accumulators"):
+        ex.check_int8_dynamic_linear(not_rescaled)
+    with pytest.raises(AssertionError, match="large token sets the step for every token"):
+        ex.check_int8_dynamic_linear(per_tensor_activation)
+    with pytest.raises(AssertionError, match=r"shape \(tokens, out_features\)"):
+        ex.check_int8_dynamic_linear(lambda x, w: w @ x.T)  # (out, tokens): transposed
+
+    def solution(x, w):
+        (qx, sx), (qw, sw) = _int8_rows(x), _int8_rows(w)
+        return (qx @ qw.T).float() * sx * sw.T
+
+    ex.check_int8_dynamic_linear(solution)
+    assert "Correct!" in capsys.readouterr().out
+    assert torch.allclose(
+        solution(*ex.precision._dynamic_inputs()), ex.reference_int8_dynamic_linear(*ex.precision._dynamic_inputs())
+    )
+
+
+# -- 13 real models: fit a T4 by the predicted peak -------------------------------------------------------------
+
+
+def _estimate(resident, extra, phase="denoise", host_run=0):
+    """A PeakEstimate-shaped value: `resident` {component: GiB} on the GPU at the peak, `extra` GiB on top."""
+    from types import SimpleNamespace
+
+    gib = 2**30
+    res = {k: int(v * gib) for k, v in resident.items()}
+    weights = sum(res.values())
+    return SimpleNamespace(
+        resident=res, weights=weights, peak=weights + int(extra * gib), phase=phase, host_run=int(host_run * gib)
+    )
+
+
+def _nf4(*components):
     import quantkit as qk
 
-    def estimate(config):  # FLUX.1-dev's two big components, GB as in the notebook's meta-device estimate
-        t5 = 4.3e9 if config.spec_for("text_encoder_2", ["transformer", "text_encoder_2"]) else 9.52e9
-        frame = pd.DataFrame({"bytes after": {"transformer": 6.7e9, "text_encoder_2": t5}})
-        frame.loc["total"] = frame["bytes after"].sum()
-        return frame
+    return qk.PipelineQuantizationConfig(
+        quant_backend="bitsandbytes_4bit",
+        quant_kwargs={"bnb_4bit_quant_type": "nf4"},
+        components_to_quantize=list(components),
+    )
 
-    def q4(*components):
-        return qk.PipelineQuantizationConfig(
-            quant_backend="gguf", quant_kwargs={"quant_type": "Q4_0"}, components_to_quantize=list(components)
-        )
 
-    ex.check_fits_budget(..., estimate, 12e9)
+def test_13_fits_gpu_judges_the_peak_not_the_weights(capsys):
+    both = _nf4("transformer", "text_encoder_2")
+
+    def predict(config, offload):
+        if config is None:
+            return _estimate({"transformer": 22.2, "text_encoder_2": 8.9}, 5.1, "decode")
+        if offload == "model":
+            return _estimate({"transformer": 6.2}, 0.7, "denoise", host_run=12.6)
+        return _estimate({"transformer": 6.2, "text_encoder_2": 4.0, "vae": 0.2}, 5.1, "decode")
+
+    ex.check_fits_gpu(..., ..., predict=predict)
     assert "Not answered yet" in capsys.readouterr().out
-    with pytest.raises(AssertionError, match="largest component is 'text_encoder_2'"):
-        ex.check_fits_budget(q4("transformer"), estimate, 12e9)
+    ex.check_fits_gpu(both, ..., predict=predict)
+    assert "Not answered yet" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="weights alone do not fit"):
+        ex.check_fits_gpu(None, None, predict=predict)
+    with pytest.raises(AssertionError, match=r"The weights fit \(10\.40 GiB\), the decode phase"):
+        ex.check_fits_gpu(both, None, predict=predict)  # 10.4 GiB of weights fit a T4, the peak does not
+    with pytest.raises(AssertionError, match="Sequential offload fits almost anything"):
+        ex.check_fits_gpu(None, "sequential", predict=predict)
+    with pytest.raises(AssertionError, match="offload should be one of"):
+        ex.check_fits_gpu(both, "cpu", predict=predict)
     with pytest.raises(AssertionError, match="should be a qk.PipelineQuantizationConfig"):
-        ex.check_fits_budget({"quant_backend": "gguf"}, estimate, 12e9)
-    ex.check_fits_budget(q4("transformer", "text_encoder_2"), estimate, 12e9)
+        ex.check_fits_gpu({"quant_backend": "bitsandbytes_4bit"}, None, predict=predict)
+    ex.check_fits_gpu(both, "model", predict=predict)
+    out = capsys.readouterr().out
+    assert "Correct!" in out and "host RAM while generating 13.5 GB" in out
+
+
+def test_13_fits_gpu_with_the_planner():
+    """The real prediction (FLUX.1-dev from the catalog, offline): NF4 on both fits a T4 only with model offload."""
+    with pytest.raises(AssertionError, match="during decode"):
+        ex.check_fits_gpu(_nf4("transformer", "text_encoder_2"), None)
+    with pytest.raises(AssertionError, match="With model offload the GPU holds transformer"):
+        ex.check_fits_gpu(None, "model")
+    ex.check_fits_gpu(_nf4("transformer", "text_encoder_2"), "model")
+
+
+# -- 14 capstone: choose from qk.fit's table --------------------------------------------------------------------
+
+
+@pytest.fixture
+def fit_table():
+    """A qk.fit-shaped table for a 14.45 GiB budget, sorted as fit sorts: fits first, then quality."""
+    import pandas as pd
+
+    gib = 2**30
+    budget = int(14.45 * gib)
+    rows = [  # candidate, offload, peak GiB, problem
+        ("int8 (denoiser) + model offload", "model", 11.7, ""),
+        ("int4 (both)", "-", 13.6, ""),
+        ("nf4 (both) + model offload", "model", 6.9, ""),
+        ("bf16 + sequential offload", "sequential", 4.9, ""),
+        ("int4wo (both)", "-", 12.0, "torchao int4wo needs compute capability >= 8.0 (T4 has 7.5)"),
+        ("bf16", "-", 36.2, ""),
+    ]
+    frame = pd.DataFrame(
+        [
+            {
+                "candidate": c,
+                "offload": o,
+                "peak_bytes": int(p * gib),
+                "fits": p * gib <= budget and not prob,
+                "margin_bytes": budget - int(p * gib),
+                "slowdown": "none",
+                "problem": prob,
+            }
+            for c, o, p, prob in rows
+        ]
+    )
+    frame = frame.sort_values("fits", ascending=False, kind="stable").reset_index(drop=True)
+    frame.attrs.update(budget_bytes=budget, gpu="T4")
+    return frame
+
+
+def test_14_capstone_choice(capsys, fit_table):
+    ex.check_capstone_choice(..., fit_table)
+    assert "Not answered yet" in capsys.readouterr().out
+    assert ex.capstone_expected(fit_table)["candidate"] == "int8 (denoiser) + model offload"
+    with pytest.raises(AssertionError, match="does not fit the T4: its predicted peak 36.20 GiB"):
+        ex.check_capstone_choice("bf16", fit_table)
+    with pytest.raises(AssertionError, match="compute capability"):
+        ex.check_capstone_choice("int4wo (both)", fit_table)
+    with pytest.raises(AssertionError, match="only 0.85 GiB to spare"):
+        ex.check_capstone_choice("int4 (both)", fit_table)
+    with pytest.raises(AssertionError, match="Rule 2"):
+        ex.check_capstone_choice("bf16 + sequential offload", fit_table)
+    with pytest.raises(AssertionError, match="rule 4"):
+        ex.check_capstone_choice("nf4 (both) + model offload", fit_table)
+    with pytest.raises(AssertionError, match="not a candidate"):
+        ex.check_capstone_choice("nf4", fit_table)
+    ex.check_capstone_choice("int8 (denoiser) + model offload", fit_table)
     assert "Correct!" in capsys.readouterr().out
+    # with room for a candidate without offload, offloading one is refused (rule 3)
+    roomy = fit_table.copy()
+    roomy.attrs.update(fit_table.attrs)
+    roomy.loc[roomy["candidate"] == "int4 (both)", "margin_bytes"] = 2 * 2**30
+    with pytest.raises(AssertionError, match="rule 3"):
+        ex.check_capstone_choice("int8 (denoiser) + model offload", roomy)
+    ex.check_capstone_choice("int4 (both)", roomy)
+    assert "Correct!" in capsys.readouterr().out
+
+
+# -- the notebooks themselves: one setup cell, the skeleton, tidy outputs, the index, the Colab extra -----------
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]-*.ipynb"))
+
+
+def _tool(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"notebook_{name}", NOTEBOOKS_DIR / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def _text(cell):
+    return "".join(cell["source"])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+def test_notebook_starts_with_the_one_setup_cell(path):
+    setup = _tool("setup_cell").SETUP
+    code = [c for c in _cells(path) if c["cell_type"] == "code"]
+    assert code[0].get("id") == "setup" and _text(code[0]) == setup, (
+        f"{path.name}: the first code cell must be notebooks/tools/setup_cell.py's SETUP (run that script)"
+    )
+    assert "quantkit[colab]" in setup and "RESTART NEEDED" in setup and "torch==" in setup
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+def test_notebook_follows_the_skeleton(path):
+    cells = _cells(path)
+    head = _text(cells[0])
+    assert head.startswith(f"# {path.name[:2]} ·"), f"{path.name}: the title carries the notebook's number"
+    assert "What you will" in head and "budget" in head.lower()
+    markdown = "\n".join(_text(c) for c in cells if c["cell_type"] == "markdown")
+    kinds = ("predict", "debug", "implement", "decide")
+    assert re.search(r"#+ Exercise[^\n]*\((?:[^)]*)(" + "|".join(kinds) + r")", markdown), (
+        f"{path.name}: an exercise heading names its kind ({', '.join(kinds)})"
+    )
+    assert "## Recap" in markdown
+    assert any("from quantkit.show.exercises import check_" in _text(c) for c in cells if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+def test_notebook_outputs_are_tidy(path):
+    assert _tool("tidy").problems(path) == []
+
+
+def test_index_lists_every_notebook_its_budget_and_the_two_slots():
+    readme = (NOTEBOOKS_DIR / "README.md").read_text()
+    for path in NOTEBOOKS:
+        row = next((line for line in readme.splitlines() if f"]({path.name})" in line), None)
+        assert row is not None, f"notebooks/README.md has no row for {path.name}"
+        assert f"github/quantkit-dev/quantkit/blob/main/notebooks/{path.name}" in row, f"{path.name}: badge link"
+        header = _text(_cells(path)[0])
+        budget = re.search(r"CPU(?: only)?:?,? ~(\d+) s", header) or re.search(r"offline / CPU: ~(\d+) s", header)
+        assert budget, f"{path.name}: the header states a CPU budget"
+        assert f"~{budget.group(1)} s" in row, f"{path.name}: header says ~{budget.group(1)} s, the index row differs"
+    assert "Offload + compile with quantized pipelines" in readme and "LoRA on a quantized pipeline" in readme
+    numbers = {int(p.name[:2]) for p in NOTEBOOKS}
+    slots = {11, 12}  # offload + compile, LoRA: written next; once they exist, the loop above checks their rows
+    assert numbers - slots == set(range(1, 15)) - slots, "01-14 in sequence, with only the two slots allowed missing"
+
+
+def test_colab_extra_pins_what_ci_tests_and_nothing_else():
+    from test_environment import _pins
+
+    project = tomllib.loads((NOTEBOOKS_DIR.parent / "pyproject.toml").read_text())["project"]
+    colab = project["optional-dependencies"]["colab"]
+    ci = _pins((NOTEBOOKS_DIR.parent / "requirements-ci.txt").read_text().splitlines())
+    pinned = _pins(colab)
+    names = {re.split(r"[<>=!\[ ]", d)[0].lower() for d in colab}
+    assert not names & {"torch", "jupyterlab", "nbval", "pytest", "notebook"}, "Colab keeps its torch; no dev tools"
+    assert {"bitsandbytes", "optimum-quanto", "gguf", "torchao"} <= set(pinned)
+    assert all(ci[name] == version for name, version in pinned.items()), f"colab pins {pinned} differ from CI {ci}"
+    assert any(d.startswith("ipywidgets>=7.7") for d in colab), "Colab's ipywidgets 7.7 must satisfy the extra"

@@ -218,8 +218,12 @@ def test_quantized_folder_refuses_a_second_config(flux_dir, tmp_path):
 
 def test_hub_id_without_network_says_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError) as info:  # planning reads configs only: it says what works offline
         qk.plan("quantkit-tests/not-a-real-pipeline")
+    assert "Could not read 'quantkit-tests/not-a-real-pipeline' from the Hugging Face hub" in str(info.value)
+    assert "pass a catalog id" in str(info.value) and "black-forest-labs/FLUX.1-dev" in str(info.value)
+    with pytest.raises(OSError) as info:  # loading needs the weights: the download fails
+        qk.load_pipeline("quantkit-tests/not-a-real-pipeline", progress=False)
     assert "Could not get 'quantkit-tests/not-a-real-pipeline' from the hub" in str(info.value)
     assert "pass a local pipeline folder (or None for the embedded pipeline)" in str(info.value)
 

@@ -17,8 +17,13 @@ Q4 = QuantSpec("gguf", quant_type="Q4_0")
 
 def tiny_model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 64),
-                               torch.nn.Linear(64, 16), torch.nn.Linear(16, 64)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 128),
+        torch.nn.GELU(),
+        torch.nn.Linear(128, 64),
+        torch.nn.Linear(64, 16),
+        torch.nn.Linear(16, 64),
+    ).eval()
 
 
 def test_layer_errors_matches_a_direct_computation():
@@ -78,8 +83,11 @@ def test_sensitivity_on_the_pipelines_own_activations(transformer_sensitivity):
 
 def test_keeping_the_worst_layers_is_a_config_you_can_load(flux_dir, transformer_sensitivity):
     s = transformer_sensitivity
-    config = PipelineQuantizationConfig(quant_backend="bitsandbytes_4bit", quant_kwargs={"bnb_4bit_quant_type": "nf4"},
-                                        components_to_quantize=["transformer", "text_encoder_2"])
+    config = PipelineQuantizationConfig(
+        quant_backend="bitsandbytes_4bit",
+        quant_kwargs={"bnb_4bit_quant_type": "nf4"},
+        components_to_quantize=["transformer", "text_encoder_2"],
+    )
     kept = s.config_keeping(2, config)
     assert kept.specs["transformer"].kwargs["llm_int8_skip_modules"] == s.most_sensitive(2)
     assert kept.specs["text_encoder_2"] == config.spec  # the other component as it was
@@ -87,7 +95,8 @@ def test_keeping_the_worst_layers_is_a_config_you_can_load(flux_dir, transformer
     p = plan(flux_dir, kept, device="cpu")
     skipped = p.components["transformer"].skipped_layers
     assert {name: skipped[name] for name in s.most_sensitive(2)} == {
-        name: f"in the skip list ({name!r})" for name in s.most_sensitive(2)}
+        name: f"in the skip list ({name!r})" for name in s.most_sensitive(2)
+    }
 
 
 def test_keep_in_full_precision_explains_what_it_needs():
@@ -97,8 +106,9 @@ def test_keep_in_full_precision_explains_what_it_needs():
     only_t5 = PipelineQuantizationConfig(quant_mapping={"text_encoder_2": INT8})
     with pytest.raises(ValueError, match=r"does not quantize 'transformer'; it quantizes \['text_encoder_2'\]"):
         keep_in_full_precision(only_t5, "transformer", ["proj_out"])
-    both = keep_in_full_precision(PipelineQuantizationConfig(quant_mapping={"transformer": INT8}), "transformer",
-                                  ["proj_out"])
+    both = keep_in_full_precision(
+        PipelineQuantizationConfig(quant_mapping={"transformer": INT8}), "transformer", ["proj_out"]
+    )
     again = keep_in_full_precision(both, "transformer", ["proj_out", "x_embedder"])
     assert again.specs["transformer"].kwargs["modules_to_not_convert"] == ["proj_out", "x_embedder"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import register
-from .base import Backend, Option, dtype_name, to_torch_dtype
+from .base import Backend, Option, Transient, dtype_name, to_torch_dtype
 
 _SKIP = Option(None, kind="list", aliases=("modules_to_not_convert",), doc="module names kept in full precision")
 BLOCKSIZE = 64  # bitsandbytes' default 4-bit block: one absmax per 64 weights
@@ -39,6 +39,17 @@ class _BnB(Backend):
         else:
             from transformers import BitsAndBytesConfig
         return BitsAndBytesConfig(**cls._native_kwargs(kwargs))
+
+    @classmethod
+    def attach_native(cls, model, kwargs, library, layers, dtype=None):
+        """The library's quantizer, plus the flags its bitsandbytes loader sets (`is_loaded_in_4bit` / `_8bit`, which
+        peft reads to wrap Linear4bit / Linear8bitLt in its bitsandbytes LoRA layers, and pipelines read in `.to()`).
+        diffusers' quantizer refuses to *load* without a GPU; attaching it to a model quantkit built does not load."""
+        reason = super().attach_native(model, kwargs, library, layers, dtype)
+        bits = "8bit" if cls.flags.get("load_in_8bit") else "4bit"
+        setattr(model, f"is_loaded_in_{bits}", True)
+        setattr(model, f"is_{bits}_serializable", reason is None)
+        return reason
 
     @classmethod
     def from_native(cls, config) -> dict[str, Any]:
@@ -105,7 +116,7 @@ class BitsAndBytes4Bit(_BnB):
         return super().from_native(config)
 
     @classmethod
-    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes, layer=None):
         r = cls.resolved(kwargs)
         n = out_features * in_features
         blocks = -(-n // BLOCKSIZE)
@@ -181,6 +192,35 @@ class BitsAndBytes4Bit(_BnB):
             new.bias = torch.nn.Parameter(tensors["bias"].to(device), requires_grad=False)
         _cpu_kernel_fix(new)
         return new
+
+    @classmethod
+    def native_layer_meta(cls, tensors, kwargs):
+        return {} if any(k.startswith("weight.quant_state.") for k in tensors) else None
+
+    @classmethod
+    def before_move(cls, model, device):
+        """bitsandbytes repacks a 4-bit weight for its AVX512-BF16 CPU kernel at the first CPU forward, and only
+        `Params4bit.cuda()` undoes it; `model.to("cuda")` would carry the CPU layout over. Undo it before leaving."""
+        import bitsandbytes as bnb
+        import torch
+
+        if torch.device(device).type == "cpu":
+            return
+        from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+        for layer in model.modules():
+            weight = getattr(layer, "weight", None) if isinstance(layer, bnb.nn.Linear4bit) else None
+            if weight is not None and getattr(weight.quant_state, "packing_format_for_cpu", False):
+                data, state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+                weight.data, weight.quant_state, layer.quant_state = data, state, state
+
+    @classmethod
+    def after_move(cls, model):
+        import bitsandbytes as bnb
+
+        for layer in model.modules():
+            if isinstance(layer, bnb.nn.Linear4bit) and layer.weight.quant_state is not None:
+                layer.weight.quant_state.to(layer.weight.device)  # in place: the statistics follow the weight
 
 
 def _quiet_cast_notice() -> None:
@@ -415,6 +455,7 @@ class BitsAndBytes8Bit(_BnB):
     name = "bitsandbytes_8bit"
     bits = "8-bit LLM.int8 (row-wise absmax)"
     flags = {"load_in_8bit": True, "load_in_4bit": False}
+    matmul_transient = Transient.INT32_ACCUMULATORS
     options = {
         "llm_int8_threshold": Option(
             6.0,
@@ -441,7 +482,7 @@ class BitsAndBytes8Bit(_BnB):
         return super().from_native(config)
 
     @classmethod
-    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes, layer=None):
         return out_features * in_features + 4 * out_features  # int8 weights + one fp32 scale (SCB) per row
 
     @classmethod
@@ -500,6 +541,38 @@ class BitsAndBytes8Bit(_BnB):
         if "bias" in tensors:
             new.bias = torch.nn.Parameter(tensors["bias"].to(device), requires_grad=False)
         return new
+
+    @classmethod
+    def native_layer_meta(cls, tensors, kwargs):
+        return {} if "SCB" in tensors else None
+
+    @classmethod
+    def lora_restorable(cls, layer):
+        """peft's 8-bit merge resets the layer's LLM.int8 state (`state.reset_grads()` drops its row scales), so the
+        previous weight alone does not undo it: peft's own unmerge does."""
+        import bitsandbytes as bnb
+
+        return not isinstance(layer, bnb.nn.Linear8bitLt)
+
+    @classmethod
+    def after_move(cls, model):
+        """nn.Module.to() moves `weight.data` but not what Linear8bitLt keeps beside it (`weight.CB`/`SCB` before the
+        first forward, `state.CB`/`SCB` after it; only Linear8bitLt's own `.to()` moves those, and a parent's `.to()`
+        never calls it): make them follow the weight, or the next matmul mixes devices."""
+        import bitsandbytes as bnb
+
+        for layer in model.modules():
+            if not isinstance(layer, bnb.nn.Linear8bitLt):
+                continue
+            weight, device = layer.weight, layer.weight.device
+            if getattr(weight, "CB", None) is not None:
+                weight.CB = weight.data
+            if getattr(weight, "SCB", None) is not None:
+                weight.SCB = weight.SCB.to(device)
+            if layer.state.CB is not None:
+                layer.state.CB = weight.data
+            if layer.state.SCB is not None:
+                layer.state.SCB = layer.state.SCB.to(device)
 
 
 __all__ = ["BitsAndBytes4Bit", "BitsAndBytes8Bit", "dtype_name"]

@@ -24,9 +24,10 @@ from pathlib import Path
 from ..errors import one_of
 from ..problems import Problem, ProblemKind
 from . import register
-from .base import Backend, Option, Weights, to_torch_dtype
+from .base import Backend, Option, Weights, dtype_name, to_torch_dtype
 from .gguf_files import (  # noqa: F401  (the file functions are part of this backend's public face)
     BLOCKS,
+    MIXES,
     WRITABLE,
     GGUFSource,
     cache_dir,
@@ -44,11 +45,13 @@ class GGUF(Backend):
     name = "gguf"
     module = "gguf"
     pip_spec = "gguf>=0.10.0"
-    in_pipeline_config = False  # diffusers loads GGUF per component with from_single_file, never from a pipeline config
+    in_pipeline_config = False  # diffusers loads GGUF per component with from_single_file, not from a pipeline config
     keeps_fp32_modules = True  # T5 casts its `wo` input to the weight dtype, which for packed blocks is uint8
-    bits = "llama.cpp block formats Q8_0 ... Q4_0"
+    bits = "llama.cpp block formats: Q8_0 ... Q4_0, K-quants Q6_K ... Q2_K and mixes (Q4_K_M ...)"
     options = {
-        "quant_type": Option("Q8_0", tuple(BLOCKS), doc="block format to write (" + ", ".join(WRITABLE) + ")"),
+        "quant_type": Option(
+            "Q8_0", (*BLOCKS, *MIXES), doc="block format or mix to write (" + ", ".join(WRITABLE + MIXES) + ")"
+        ),
         "compute_dtype": Option(None, kind="dtype", doc="dtype the dequantized matmul runs in (default: torch_dtype)"),
         "gguf_file": Option(None, kind="path", doc="a published .gguf file to load instead of writing one"),
         "modules_to_not_convert": Option(None, kind="list", doc="module names kept in full precision"),
@@ -57,16 +60,17 @@ class GGUF(Backend):
     @classmethod
     def normalize_kwargs(cls, kwargs):
         out = super().normalize_kwargs(kwargs)
-        if out.get("quant_type", "Q8_0") not in WRITABLE and not out.get("gguf_file"):
+        quant_type = out.get("quant_type", "Q8_0")
+        if quant_type not in WRITABLE and quant_type not in MIXES and not out.get("gguf_file"):
             raise ValueError(
-                f"quant_type={out['quant_type']!r}: the gguf package cannot write K-quants. "
-                f"Use one of {one_of(WRITABLE)}, or pass gguf_file= a published {out['quant_type']} file."
+                f"quant_type={quant_type!r}: quantkit cannot write this GGUF type. Use one of "
+                f"{one_of(WRITABLE + MIXES)}, or pass gguf_file= a published {quant_type} file."
             )
         return out
 
     @classmethod
     def _check_value(cls, name, value):
-        if name == "quant_type" and isinstance(value, str) and value.upper() in BLOCKS:
+        if name == "quant_type" and isinstance(value, str) and value.upper() in (*BLOCKS, *MIXES):
             value = value.upper()
         return super()._check_value(name, value)
 
@@ -75,11 +79,35 @@ class GGUF(Backend):
         return cls.resolved(kwargs)["quant_type"]
 
     @classmethod
-    def layer_problem(cls, kwargs, in_features, out_features, device):
-        block = BLOCKS[cls.resolved(kwargs)["quant_type"]][0]
+    def layer_type(cls, kwargs, layer: str | None, out_features: int, in_features: int) -> tuple[str | None, str]:
+        """(the GGUF type this Linear's weight is written in, or None when it stays in full precision; why).
+
+        A single type (Q8_0, Q4_K, ...) applies to every layer whose rows divide into its blocks. A mix (Q4_K_M ...)
+        decides per tensor by name and shape (`gguf_mixes.tensor_type`: model edges and small tensors stay in
+        float, value and FFN-down projections get a higher type, rows that do not divide into 256 fall back).
+        """
+        quant_type = cls.resolved(kwargs)["quant_type"]
+        if quant_type in MIXES:
+            from .gguf_mixes import tensor_type
+
+            kind, reason = tensor_type(
+                quant_type, f"{layer or ''}.weight", (out_features, in_features), float_type="F32"
+            )
+            return (None if kind in ("F32", "F16", "BF16") else kind), reason
+        block = BLOCKS[quant_type][0]
         if in_features % block:
-            return f"in_features={in_features} is not a multiple of the GGUF block size {block}"
-        return None
+            return None, f"in_features={in_features} is not a multiple of the GGUF block size {block}"
+        return quant_type, f"{quant_type} for every layer"
+
+    @classmethod
+    def layer_problem(cls, kwargs, in_features, out_features, device, layer=None):
+        kind, reason = cls.layer_type(kwargs, layer, out_features, in_features)
+        return reason if kind is None else None
+
+    @classmethod
+    def layer_quantization(cls, kwargs, layer, out_features, in_features):
+        kind, reason = cls.layer_type(kwargs, layer, out_features, in_features)
+        return f"{kind} ({reason})" if cls.resolved(kwargs)["quant_type"] in MIXES else str(kind)
 
     @classmethod
     def native_config(cls, kwargs, library):
@@ -97,8 +125,11 @@ class GGUF(Backend):
         return cls.normalize_kwargs(out)
 
     @classmethod
-    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
-        block, size = BLOCKS[cls.resolved(kwargs)["quant_type"]]
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes, layer=None):
+        kind, _ = cls.layer_type(kwargs, layer, out_features, in_features)
+        if kind is None:  # the layer stays in full precision
+            return out_features * in_features * dtype_bytes
+        block, size = BLOCKS[kind]
         return out_features * (in_features // block) * size
 
     @classmethod
@@ -108,8 +139,14 @@ class GGUF(Backend):
         from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
 
         weight = linear.weight
-        if not isinstance(weight, GGUFParameter):
-            weight = quantize_tensor(weight.detach(), cls.resolved(kwargs)["quant_type"])
+        if not isinstance(weight, GGUFParameter):  # quantized here (not read from a file): no name, so by shape
+            kind, reason = cls.layer_type(kwargs, None, linear.out_features, linear.in_features)
+            if kind is None:
+                raise ValueError(
+                    f"This Linear ({linear.in_features}->{linear.out_features}) stays in full precision "
+                    f"under GGUF {cls.resolved(kwargs)['quant_type']}: {reason}."
+                )
+            weight = quantize_tensor(weight.detach(), kind)
         compute = to_torch_dtype(cls.resolved(kwargs)["compute_dtype"]) or (
             linear.weight.dtype if linear.weight.is_floating_point() else torch.float32
         )
@@ -158,7 +195,10 @@ class GGUF(Backend):
         from ..dtypes import dtype_name
 
         r = cls.resolved(c.spec.kwargs)
-        path = component_file(c.folder, c.spec.kwargs, [f"{n}.weight" for n in c.quantized_layers], progress=progress)
+        types = _layer_types(c)
+        path = component_file(
+            c.folder, c.spec.kwargs, [f"{n}.weight" for n in c.quantized_layers], progress=progress, types=types
+        )
         reader = read_gguf(path)
         expected = {k: s for k, (_, s) in read_headers(c.folder).items()}
         own_names = bool(set(gguf_shapes(reader)) & set(expected))
@@ -199,13 +239,120 @@ class GGUF(Backend):
             new.bias = torch.nn.Parameter(tensors["bias"].to(device), requires_grad=False)
         return new
 
+    # -- first-class models ------------------------------------------------------------------------
+    SAVED_FILE = "diffusion_pytorch_model.gguf"  # what save_native_file writes into a diffusers component folder
 
+    @classmethod
+    def attach_native(cls, model, kwargs, library, layers, dtype=None):
+        """diffusers' own GGUF view (GGUFQuantizationConfig, GGUFQuantizer), which cannot save; transformers keeps
+        no GGUF-quantized models (its GGUF loader unpacks the blocks). Either way the library's save refuses, saying
+        what works: quantkit.save_pipeline writes a .gguf file for diffusers components (from_single_file loads it)
+        and quantkit's own format for transformers ones."""
+        compute = next((m.compute_dtype for m in model.modules() if hasattr(m, "compute_dtype")), None)
+        kwargs = {**kwargs, "compute_dtype": dtype_name(compute)} if compute is not None else kwargs
+        super().attach_native(model, kwargs, library, layers, dtype)
+        if library == "diffusers":
+            return (
+                "diffusers cannot save GGUF models (it loads them with from_single_file only); "
+                f"quantkit.save_pipeline(pipe, folder) writes this component as <component>/{cls.SAVED_FILE}, "
+                "which quantkit.load_pipeline(folder) and Model.from_single_file(path, quantization_config="
+                "GGUFQuantizationConfig(compute_dtype=...), config=folder, subfolder=<component>) load"
+            )
+        return (
+            "transformers keeps no GGUF-quantized models (its GGUF loader unpacks the blocks); "
+            "quantkit.save_pipeline(pipe, folder) saves this component in quantkit's own format, which "
+            "quantkit.load_pipeline(folder) loads"
+        )
+
+    @classmethod
+    def save_native_file(cls, model, folder, library):
+        """A .gguf file of the whole component in its own tensor names: quantized Linear weights as their blocks,
+        every other tensor as F32 (the format quantkit writes from safetensors too)."""
+        if library != "diffusers":
+            return None
+        import os
+
+        import gguf
+
+        path = Path(folder) / cls.SAVED_FILE
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        writer = gguf.GGUFWriter(str(tmp), arch="quantkit")
+        writer.add_uint32("quantkit.format_version", 1)
+        try:
+            for key, tensor in model.state_dict(keep_vars=True).items():
+                if hasattr(tensor, "quant_type"):  # GGUFParameter: its bytes are the blocks
+                    writer.add_tensor(key, tensor.as_tensor().detach().cpu().numpy(), raw_dtype=tensor.quant_type)
+                else:
+                    writer.add_tensor(key, tensor.detach().float().cpu().contiguous().numpy())
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+    @classmethod
+    def saved_tensors(cls, folder):
+        """The tensors of the .gguf file `save_native_file` wrote (packed blocks as GGUFParameter, F32 as float32)."""
+        files = sorted(Path(folder).glob("*.gguf"))
+        if not files:
+            return super().saved_tensors(folder)
+        source = GGUFSource(files[0])
+        try:
+            return {k: source.get(k) for k in source.keys()}, {}
+        finally:
+            source.close()
+
+    @classmethod
+    def native_layer_meta(cls, tensors, kwargs):
+        weight = tensors.get("weight")
+        if not hasattr(weight, "quant_type"):
+            return None
+        compute = cls.resolved(kwargs)["compute_dtype"] or "float32"
+        return {"quant_type": int(weight.quant_type), "compute_dtype": compute}
+
+    @classmethod
+    def lora_weight(cls, layer):
+        """peft merges by `weight.data += delta`, which fails on packed blocks: quantkit dequantizes, adds and
+        writes the blocks again (same format)."""
+        from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+
+        weight = getattr(layer, "weight", None)
+        if not isinstance(weight, GGUFParameter):
+            return None
+        return dequantize_gguf_tensor(weight).reshape(layer.out_features, layer.in_features)
+
+    @classmethod
+    def set_lora_weight(cls, layer, weight):
+        from diffusers.quantizers.gguf.utils import GGUFParameter
+
+        packed = quantize_tensor(weight.detach(), layer.weight.quant_type.name)
+        layer.weight = GGUFParameter(packed.data.to(layer.weight.device), quant_type=packed.quant_type)
+
+
+def _layer_types(c) -> dict[str, str]:
+    """{weight tensor name: GGUF type} of a component's quantized layers (where a mix varies them)."""
+    from ..checkpoint import read_headers
+
+    if GGUF.resolved(c.spec.kwargs)["quant_type"] not in MIXES:
+        return {}
+    headers = read_headers(c.folder)
+    out = {}
+    for layer in c.quantized_layers:
+        _, (rows, cols) = headers[f"{layer}.weight"]
+        kind, _ = GGUF.layer_type(c.spec.kwargs, layer, rows, cols)
+        out[f"{layer}.weight"] = kind
+    return out
 
 
 def _from_single_file(c, path: Path, dtype, compute, device: str):
     """Load a published GGUF file through diffusers' single-file path (it converts original tensor names)."""
     from diffusers import GGUFQuantizationConfig
 
+    from ..dtypes import dtype_kwargs
     from ..planning.sources import model_class
 
     cls = model_class(c.library, c.class_name)
@@ -220,7 +367,7 @@ def _from_single_file(c, path: Path, dtype, compute, device: str):
             quantization_config=GGUFQuantizationConfig(compute_dtype=compute),
             config=str(c.folder.parent),
             subfolder=c.name,
-            torch_dtype=dtype,
+            **dtype_kwargs(dtype),
         )
     except Exception as err:  # diffusers' converters raise KeyError, IndexError, RuntimeError ... on wrong files
         raise ValueError(
@@ -230,5 +377,14 @@ def _from_single_file(c, path: Path, dtype, compute, device: str):
     return model.to(device).eval()
 
 
-__all__ = ["BLOCKS", "GGUF", "WRITABLE", "GGUFSource", "cache_dir", "component_file", "gguf_shapes", "read_gguf",
-           "write_gguf"]
+__all__ = [
+    "BLOCKS",
+    "GGUF",
+    "WRITABLE",
+    "GGUFSource",
+    "cache_dir",
+    "component_file",
+    "gguf_shapes",
+    "read_gguf",
+    "write_gguf",
+]

@@ -8,6 +8,8 @@ kernel extension (about 30 s, then cached).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from . import register
 from .base import Backend, Option
 
@@ -32,7 +34,7 @@ class Quanto(Backend):
         return cls.resolved(kwargs)["weights_dtype"]
 
     @classmethod
-    def layer_problem(cls, kwargs, in_features, out_features, device):
+    def layer_problem(cls, kwargs, in_features, out_features, device, layer=None):
         if _BITS[cls.resolved(kwargs)["weights_dtype"]] < 8 and in_features % GROUP_SIZE:
             return f"in_features={in_features} is not a multiple of quanto's group size {GROUP_SIZE}"
         return None
@@ -68,7 +70,7 @@ class Quanto(Backend):
         return cls.normalize_kwargs(out)
 
     @classmethod
-    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes, layer=None):
         bits = _BITS[cls.resolved(kwargs)["weights_dtype"]]
         n = out_features * in_features
         if bits == 8:
@@ -129,6 +131,94 @@ class Quanto(Backend):
         new = cls._empty(linear, kwargs, "bias" in tensors)
         new.load_state_dict({k: v.to(device) for k, v in tensors.items()}, assign=True)
         return new
+
+    # -- first-class models ------------------------------------------------------------------------
+    @classmethod
+    def native_skip(cls, model, layers, library):
+        """diffusers' quanto quantizer skips a Linear when its *local* name (`to_q`, `linear`) is listed, so the kept
+        layers are named by local name, and that works only when no quantized layer shares one of those names."""
+        if library != "diffusers":
+            return super().native_skip(model, layers, library)
+        kept = {n.rpartition(".")[2] for n in cls._linears(model) if n not in set(layers)}
+        if kept & {n.rpartition(".")[2] for n in layers}:
+            return None
+        return sorted(kept)
+
+    @classmethod
+    def native_converts(cls, name, skip, library):
+        if library != "diffusers":
+            return super().native_converts(name, skip, library)
+        return name.rpartition(".")[2] not in skip
+
+    @classmethod
+    def attach_native(cls, model, kwargs, library, layers, dtype=None):
+        """The library's quanto quantizer, plus the key mapping diffusers' LoRA loader needs (see `_LoraKeys`)."""
+        reason = super().attach_native(model, kwargs, library, layers, dtype)
+        if not getattr(model, "_quantkit_lora_keys", False):
+            model._register_state_dict_hook(_lora_keys_hook)
+            model._quantkit_lora_keys = True
+        return reason
+
+    @classmethod
+    def native_layer_meta(cls, tensors, kwargs):
+        if "weight._data" not in tensors:
+            return None
+        return {"dtype": str(tensors["weight._scale"].dtype).removeprefix("torch.")}
+
+    @classmethod
+    def lora_weight(cls, layer):
+        """peft's LoRA layer merges by `weight.data += delta`, which a quanto weight drops silently (its in-place add
+        returns a new float tensor): quantkit merges into the dequantized weight and quantizes it again."""
+        from optimum.quanto import QLinear, QTensor
+
+        if isinstance(layer, QLinear) and isinstance(layer.weight, QTensor):
+            return layer.weight.dequantize()
+        return None
+
+    @classmethod
+    def set_lora_weight(cls, layer, weight):
+        import torch
+
+        layer.weight = torch.nn.Parameter(weight.to(layer.weight.dtype), requires_grad=False)
+        layer.freeze()
+
+
+class _LoraKeys(OrderedDict):
+    """A quanto model's state dict that also answers for `<layer>.weight`.
+
+    A QLinear saves its weight as `weight._data` and `weight._scale`; diffusers' FLUX LoRA loader looks up
+    `transformer.state_dict()[f"{layer}.weight"]` for its shape and device (`_maybe_expand_lora_state_dict`) and
+    fails with a KeyError (huggingface/diffusers#10512). This dict returns the layer's quantized weight (a QTensor
+    with the logical shape) for such a key, without listing it: iterating, saving and `in` see the real keys only.
+    """
+
+    def __missing__(self, key):
+        owner, _, leaf = key.rpartition(".")
+        model = self.__dict__.get("_model")
+        if leaf == "weight" and model is not None and model() is not None:
+            if f"{key}._data" in self or f"{owner}.base_layer.weight._data" in self:
+                layer = model().get_submodule(owner)
+                while hasattr(layer, "base_layer"):  # a peft LoRA layer around the QLinear
+                    layer = layer.base_layer
+                return layer.weight
+        raise KeyError(key)
+
+    def __reduce__(self):  # pickles, copies and saves as the plain OrderedDict torch returns
+        state = {k: v for k, v in self.__dict__.items() if k != "_model"}
+        return OrderedDict, (), state or None, None, iter(self.items())
+
+
+def _lora_keys_hook(module, state_dict, prefix, local_metadata):
+    """state_dict hook on the root model (prefix ""): return the state dict as a `_LoraKeys`."""
+    import weakref
+
+    if prefix:
+        return None
+    out = _LoraKeys(state_dict)
+    if hasattr(state_dict, "_metadata"):
+        out._metadata = state_dict._metadata
+    out._model = weakref.ref(module)
+    return out
 
 
 # Elements per chunk of rows on the CPU (~1 MiB of float32 scratch per buffer, in L2/L3 cache). In a chunk the

@@ -153,7 +153,7 @@ class TorchAO(Backend):
         return cls.normalize_kwargs(out)
 
     @classmethod
-    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes):
+    def weight_bytes(cls, kwargs, out_features, in_features, dtype_bytes, layer=None):
         key = cls.shortcut(kwargs)
         n = out_features * in_features
         if key == "int4wo":
@@ -209,6 +209,53 @@ class TorchAO(Backend):
         new.load_state_dict(state, assign=True)
         new.weight.requires_grad_(False)
         return new
+
+    # -- first-class models ------------------------------------------------------------------------
+    @classmethod
+    def native_converts(cls, name, skip, library):
+        """Pre-quantized torchao weights are assigned as they were saved (a subclass stays one, a plain weight stays
+        plain), whatever modules_to_not_convert says: the full names of the kept layers describe the set exactly."""
+        return name not in skip
+
+    @classmethod
+    def native_quantizer(cls, config, library):
+        """diffusers' torchao quantizer reads `offload` in `is_serializable`; its `validate_environment` sets it
+        (False without a cpu/disk device map, which a model quantkit loaded does not have)."""
+        quantizer = super().native_quantizer(config, library)
+        if library == "diffusers":
+            quantizer.offload = False
+        return quantizer
+
+    @classmethod
+    def restore_native(cls, model, kwargs, state, metadata, device):
+        """diffusers and transformers save torchao weights flattened (`flatten_tensor_state_dict`: plain tensors plus
+        a JSON description in the file's metadata); torchao's `unflatten_tensor_state_dict` rebuilds the subclasses."""
+        import torch
+        from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+        from torchao.prototype.safetensors.safetensors_utils import is_metadata_torchao
+
+        if not metadata or not is_metadata_torchao(metadata):
+            return []
+        import json
+
+        names = json.loads(metadata["tensor_names"])
+        # tensors at the model root have no module prefix; torchao's parser needs one (as diffusers notes too)
+        nested = {k: v for k, v in state.items() if "." in k}
+        meta = {**metadata, "tensor_names": json.dumps([n for n in names if "." in n])}
+        rebuilt, leftover = unflatten_tensor_state_dict(nested, meta)
+        for k in nested:
+            state.pop(k)
+        state.update(leftover)
+        restored = []
+        for key, tensor in rebuilt.items():
+            owner, _, leaf = key.rpartition(".")
+            module = model.get_submodule(owner)
+            if leaf == "weight" and isinstance(module, torch.nn.Linear) and type(tensor) is not torch.Tensor:
+                module._parameters[leaf] = torch.nn.Parameter(tensor.to(device), requires_grad=False)
+                restored.append(owner)
+            else:
+                state[key] = tensor
+        return restored
 
 
 # Elements per chunk of rows on the CPU (1 MiB of float32 scratch, in L2/L3 cache); reductions, products and

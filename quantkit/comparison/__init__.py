@@ -15,6 +15,24 @@ from .settings import CompareSettings, Job, VariantRecord
 from .store import IMAGES_DIR, META_FILE, RESULTS_FILE, SENSITIVITY_DIR, TIMING_FIELDS, append_record, read_records
 from .variants import DEFAULT_PROMPTS, DEFAULT_SEEDS, default_variants, read_variants, slug, variants_to_dict
 
-__all__ = ["DEFAULT_PROMPTS", "DEFAULT_SEEDS", "FRAME_COLUMNS", "IMAGES_DIR", "META_FILE", "RESULTS_FILE",
-           "SENSITIVITY_DIR", "TIMING_FIELDS", "CompareResults", "CompareSettings", "Job", "VariantRecord", "append_record", "compare",
-           "default_variants", "read_records", "read_variants", "slug", "variants_to_dict"]
+__all__ = [
+    "DEFAULT_PROMPTS",
+    "DEFAULT_SEEDS",
+    "FRAME_COLUMNS",
+    "IMAGES_DIR",
+    "META_FILE",
+    "RESULTS_FILE",
+    "SENSITIVITY_DIR",
+    "TIMING_FIELDS",
+    "CompareResults",
+    "CompareSettings",
+    "Job",
+    "VariantRecord",
+    "append_record",
+    "compare",
+    "default_variants",
+    "read_records",
+    "read_variants",
+    "slug",
+    "variants_to_dict",
+]

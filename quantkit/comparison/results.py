@@ -9,10 +9,30 @@ from pathlib import Path
 
 from .store import IMAGES_DIR, META_FILE, RESULTS_FILE, SENSITIVITY_DIR, read_records
 
-FRAME_COLUMNS = ["status", "quantization", "bytes", "bits_per_weight", "load_s", "latency_s", "peak_load_rss",
-                 "peak_gen_rss", "rss_start", "peak_load_cuda_allocated", "peak_load_cuda_reserved",
-                 "peak_gen_cuda_allocated", "peak_gen_cuda_reserved", "psnr", "psnr_min", "ssim", "ssim_min",
-                 "lpips", "clip_score", "adherence", "identical", "error"]
+FRAME_COLUMNS = [
+    "status",
+    "quantization",
+    "bytes",
+    "bits_per_weight",
+    "load_s",
+    "latency_s",
+    "peak_load_rss",
+    "peak_gen_rss",
+    "rss_start",
+    "peak_load_cuda_allocated",
+    "peak_load_cuda_reserved",
+    "peak_gen_cuda_allocated",
+    "peak_gen_cuda_reserved",
+    "psnr",
+    "psnr_min",
+    "ssim",
+    "ssim_min",
+    "lpips",
+    "clip_score",
+    "adherence",
+    "identical",
+    "error",
+]
 
 
 @dataclass
@@ -84,8 +104,9 @@ class CompareResults:
         """{variant: error} of the variants that failed."""
         return {r["variant"]: r.get("error") for r in self.records if r.get("status") != "ok"}
 
-    def save(self, folder: str | Path | None = None, *, formats: tuple[str, ...] = ("md", "html"),
-             progress: bool = False) -> Path:
+    def save(
+        self, folder: str | Path | None = None, *, formats: tuple[str, ...] = ("md", "html"), progress: bool = False
+    ) -> Path:
         """Write results.csv, the plots (PNG) and report.md / report.html into `folder` (default: self.folder).
 
         With another folder, results.jsonl, meta.json, the images and sensitivity tables are copied there first.

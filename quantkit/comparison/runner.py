@@ -26,14 +26,35 @@ from .store import IMAGES_DIR, SENSITIVITY_DIR, WORK_DIR, jsonable
 from .variants import config_dict, slug
 
 # Modules every worker has imported before it starts (see context): the whole stack, every backend included,
-# so that no variant's memory includes importing its library and every worker starts equally large.
-PRELOAD = ["numpy", "torch", "safetensors", "diffusers", "transformers", "diffusers.pipelines.flux.pipeline_flux",
-           "diffusers.models.transformers.transformer_flux", "diffusers.models.autoencoders.autoencoder_kl",
-           "transformers.models.t5.modeling_t5", "transformers.models.clip.modeling_clip", "optimum.quanto",
-           "torchao.quantization", "bitsandbytes", "gguf", "diffusers.quantizers.gguf.utils", "skimage.metrics",
-           "quantkit.load", "quantkit.measure.footprint", "quantkit.measure.quality", "quantkit.measure.memory",
-           "quantkit.measure.latency", "quantkit.measure.sensitivity", "quantkit.measure.environment",
-           "quantkit.comparison.worker"]
+# so that no variant's memory includes importing its library and every worker starts equally large. The lifeline
+# comes first: the server exits as soon as its parent is gone, even while it is still importing the rest.
+PRELOAD = [
+    "quantkit.comparison.lifeline",
+    "numpy",
+    "torch",
+    "safetensors",
+    "diffusers",
+    "transformers",
+    "diffusers.pipelines.flux.pipeline_flux",
+    "diffusers.models.transformers.transformer_flux",
+    "diffusers.models.autoencoders.autoencoder_kl",
+    "transformers.models.t5.modeling_t5",
+    "transformers.models.clip.modeling_clip",
+    "optimum.quanto",
+    "torchao.quantization",
+    "bitsandbytes",
+    "gguf",
+    "diffusers.quantizers.gguf.utils",
+    "skimage.metrics",
+    "quantkit.load",
+    "quantkit.measure.footprint",
+    "quantkit.measure.quality",
+    "quantkit.measure.memory",
+    "quantkit.measure.latency",
+    "quantkit.measure.sensitivity",
+    "quantkit.measure.environment",
+    "quantkit.comparison.worker",
+]
 
 CONTEXT_LOCK = threading.Lock()
 
@@ -46,8 +67,9 @@ def context(start_method: str | None, device: str):
     """
     import multiprocessing as mp
 
-    method = start_method or ("forkserver" if not device.startswith("cuda") and
-                              "forkserver" in mp.get_all_start_methods() else "spawn")
+    method = start_method or (
+        "forkserver" if not device.startswith("cuda") and "forkserver" in mp.get_all_start_methods() else "spawn"
+    )
     if method not in mp.get_all_start_methods():
         raise ValueError(f"start_method={method!r} is not available here; use one of {mp.get_all_start_methods()}.")
     ctx = mp.get_context(method)
@@ -115,11 +137,25 @@ class Runner:
 
     def _job(self, kind: str, name: str, work: Path, **more) -> Job:
         s = self.stored
-        return Job(kind=kind, name=name, work=str(work), folder=str(self.folder), source=s["source"],
-                   device=s["device"], torch_dtype=s["torch_dtype"], prompts=s["prompts"], seeds=s["seeds"],
-                   call_kwargs=s["call_kwargs"], env=dict(os.environ), sys_path=list(sys.path),
-                   warmup=self.settings.warmup, repeats=self.settings.repeats, use_lpips=self.settings.use_lpips,
-                   clip=self.settings.clip_model, **more)
+        return Job(
+            kind=kind,
+            name=name,
+            work=str(work),
+            folder=str(self.folder),
+            source=s["source"],
+            device=s["device"],
+            torch_dtype=s["torch_dtype"],
+            prompts=s["prompts"],
+            seeds=s["seeds"],
+            call_kwargs=s["call_kwargs"],
+            env=dict(os.environ),
+            sys_path=list(sys.path),
+            warmup=self.settings.warmup,
+            repeats=self.settings.repeats,
+            use_lpips=self.settings.use_lpips,
+            clip=self.settings.clip_model,
+            **more,
+        )
 
     def _launch(self, job: Job, bar, label: str) -> tuple[dict | None, int | None, dict]:
         """Run `job` in a worker; (what it wrote to record.json or None, exit code, parent-side timings)."""
@@ -132,8 +168,9 @@ class Runner:
         messages_r, messages_w = ctx.Pipe(duplex=False)
         lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
         t0 = time.perf_counter()
-        proc = ctx.Process(target=worker_main, args=(job, messages_w, lifeline_r), name=f"quantkit-{label}",
-                           daemon=True)
+        proc = ctx.Process(
+            target=worker_main, args=(job, messages_w, lifeline_r), name=f"quantkit-{label}", daemon=True
+        )
         with main_hidden():
             proc.start()
         messages_w.close()
@@ -177,12 +214,14 @@ class Runner:
         parent = {"worker_start_s": started, "wall_s": wall, "timed_out": timed_out, "stopped": stopped}
         return record, proc.exitcode, parent
 
-    def run_variant(self, name: str, config: PipelineQuantizationConfig | None, reference: tuple[str, str] | None,
-                    bar) -> dict | None:
+    def run_variant(
+        self, name: str, config: PipelineQuantizationConfig | None, reference: tuple[str, str] | None, bar
+    ) -> dict | None:
         """Run one variant; its record (None when `stop` was set while it ran: nothing is recorded)."""
         work = self.folder / WORK_DIR / f"{slug(name)}-{os.getpid()}"
-        job = self._job("variant", name, work, config=config_dict(config),
-                        reference=None if reference is None else list(reference))
+        job = self._job(
+            "variant", name, work, config=config_dict(config), reference=None if reference is None else list(reference)
+        )
         record, code, parent = self._launch(job, bar, name)
         if parent["stopped"]:
             shutil.rmtree(work, ignore_errors=True)
@@ -212,8 +251,12 @@ class Runner:
             shutil.rmtree(work, ignore_errors=True)
             return None
         if record is None:
-            record = {"variant": variant, "component": component, "status": "error",
-                      "error": exit_message(code, parent, self.settings.timeout_s)}
+            record = {
+                "variant": variant,
+                "component": component,
+                "status": "error",
+                "error": exit_message(code, parent, self.settings.timeout_s),
+            }
         out = self.folder / SENSITIVITY_DIR
         out.mkdir(exist_ok=True)
         base = f"{slug(variant)}__{record.get('component') or component or 'denoiser'}"
@@ -221,8 +264,10 @@ class Runner:
             os.replace(work / "layers.csv", out / f"{base}.csv")
         else:  # kept beside the tables so the failure can be read; no .csv, so a rerun tries again
             base += ".failed"
-        record["timings"] = {**record.get("timings", {}),
-                             **{k: v for k, v in parent.items() if k not in ("timed_out", "stopped")}}
+        record["timings"] = {
+            **record.get("timings", {}),
+            **{k: v for k, v in parent.items() if k not in ("timed_out", "stopped")},
+        }
         atomic_write_text(out / f"{base}.json", json.dumps(jsonable(record), indent=1))
         shutil.rmtree(work, ignore_errors=True)
         return record
@@ -245,8 +290,14 @@ def exit_message(code: int | None, parent: dict, timeout_s) -> str:
 
 def failed_record(name: str, config: dict | None, code: int | None, parent: dict, timeout_s) -> dict:
     message = exit_message(code, parent, timeout_s)
-    return {"variant": name, "config": config, "status": "error", "error": message,
-            "error_type": message.split(":")[0], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "variant": name,
+        "config": config,
+        "status": "error",
+        "error": message,
+        "error_type": message.split(":")[0],
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 __all__ = ["PRELOAD", "Runner", "context", "exit_message", "failed_record", "main_hidden"]

@@ -16,6 +16,7 @@ from ..errors import did_you_mean
 from .variants import DEFAULT_PROMPTS, DEFAULT_SEEDS
 
 _SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+_SET_BY_COMPARE = ("prompt", "generator", "output_type")  # the worker passes these for every image itself
 
 
 def _int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
@@ -83,8 +84,9 @@ class CompareSettings:
         if isinstance(prompts, str) or not isinstance(prompts, list | tuple):
             raise TypeError(
                 f"prompts must be a list of strings, got {type(prompts).__name__} {prompts!r}; for one prompt "
-                f"write prompts=[{prompts!r}]." if isinstance(prompts, str) else
-                f"prompts must be a list of strings, got {type(prompts).__name__}."
+                f"write prompts=[{prompts!r}]."
+                if isinstance(prompts, str)
+                else f"prompts must be a list of strings, got {type(prompts).__name__}."
             )
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise ValueError(f"prompts must be a non-empty list of non-empty strings, got {prompts!r}.")
@@ -101,7 +103,10 @@ class CompareSettings:
         if self.num_inference_steps is not None:
             self.num_inference_steps = _int("num_inference_steps", self.num_inference_steps, 1, 10_000)
         if self.call_kwargs is not None and not isinstance(self.call_kwargs, dict):
-            raise TypeError(f"call_kwargs must be a dict of pipeline call arguments, got {type(self.call_kwargs).__name__}.")
+            raise TypeError(
+                f"call_kwargs must be a dict of pipeline call arguments such as {{'height': 64}}, got "
+                f"{type(self.call_kwargs).__name__}."
+            )
         call_kwargs = dict(self.call_kwargs or {})
         try:
             json.dumps(call_kwargs, allow_nan=False)
@@ -110,10 +115,28 @@ class CompareSettings:
                 f"call_kwargs must be JSON-able (numbers, strings, lists), because they are stored with the results "
                 f"and checked on resume: {err}."
             ) from None
+        bad = [k for k in call_kwargs if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"call_kwargs keys are the pipeline's argument names (strings), got {bad[0]!r}.")
+        taken = sorted(set(call_kwargs) & set(_SET_BY_COMPARE))
+        if taken:
+            raise ValueError(
+                f"call_kwargs={ {k: call_kwargs[k] for k in taken} } sets what compare sets itself for "
+                f"every image ({', '.join(_SET_BY_COMPARE)}); use prompts= and seeds= instead."
+            )
+        for key, minimum in (("num_inference_steps", 1), ("height", 1), ("width", 1)):
+            if key in call_kwargs:
+                call_kwargs[key] = _int(f"call_kwargs[{key!r}]", call_kwargs[key], minimum, 100_000)
         self.call_kwargs = call_kwargs
         self.warmup = _int("warmup", self.warmup, 0, 1000)
         self.repeats = _int("repeats", self.repeats, 1, 10_000)
         self.keep_sensitive = _int("keep_sensitive", self.keep_sensitive, 0)
+        if self.keep_sensitive and self.sensitivity is None:
+            raise ValueError(
+                f"keep_sensitive={self.keep_sensitive} keeps the most sensitive layers that a per-layer "
+                "study finds, but sensitivity=None runs none: set sensitivity='auto' (or a variant's "
+                "name), or keep_sensitive=0."
+            )
         for name in ("retry_failed", "strict", "use_lpips", "report", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
@@ -138,6 +161,11 @@ class CompareSettings:
     @classmethod
     def from_options(cls, base: CompareSettings | None = None, **options) -> CompareSettings:
         """`base` (or the defaults) with `options` replaced; an unknown option is a TypeError with the nearest."""
+        if base is not None and not isinstance(base, CompareSettings):
+            raise TypeError(
+                f"settings must be a CompareSettings (or None), got {type(base).__name__} {base!r:.60}; "
+                "pass single settings as keyword arguments, e.g. compare(..., seeds=[0])."
+            )
         names = [f.name for f in fields(cls)]
         unknown = [k for k in options if k not in names]
         if unknown:
@@ -182,11 +210,38 @@ class Job:
 
 
 # every record has these fields; a failed one has None for what it did not measure
-RECORD_FIELDS = ("variant", "config", "status", "error", "error_type", "quantization", "bytes", "bits_per_weight",
-                 "load_s", "latency_s", "peak_load_rss", "peak_gen_rss", "rss_start", "peak_load_cuda_allocated",
-                 "peak_load_cuda_reserved", "peak_gen_cuda_allocated", "peak_gen_cuda_reserved", "psnr", "psnr_min",
-                 "ssim", "ssim_min", "lpips", "clip_score", "adherence", "identical", "latency_samples_s",
-                 "component_bytes", "notes")
+RECORD_FIELDS = (
+    "variant",
+    "config",
+    "status",
+    "error",
+    "error_type",
+    "quantization",
+    "bytes",
+    "bits_per_weight",
+    "load_s",
+    "latency_s",
+    "peak_load_rss",
+    "peak_gen_rss",
+    "rss_start",
+    "peak_load_cuda_allocated",
+    "peak_load_cuda_reserved",
+    "peak_gen_cuda_allocated",
+    "peak_gen_cuda_reserved",
+    "psnr",
+    "psnr_min",
+    "ssim",
+    "ssim_min",
+    "lpips",
+    "clip_score",
+    "adherence",
+    "identical",
+    "latency_samples_s",
+    "component_bytes",
+    "notes",
+    "offload",
+    "compile",
+)
 
 
 @dataclass

@@ -22,10 +22,25 @@ LOCK_FILE = ".lock"
 FORMAT = 1
 
 # Record fields that depend on timing or on the machine, not on the numbers a rerun must reproduce.
-TIMING_FIELDS = ("load_s", "latency_s", "latency_min_s", "latency_samples_s", "timings", "peak_load_rss",
-                 "peak_gen_rss", "rss_start", "rss_after_load", "peak_load_cuda_allocated",
-                 "peak_load_cuda_reserved", "peak_gen_cuda_allocated", "peak_gen_cuda_reserved", "finished_at",
-                 "pid", "environment", "memory_method")
+TIMING_FIELDS = (
+    "load_s",
+    "latency_s",
+    "latency_min_s",
+    "latency_samples_s",
+    "timings",
+    "peak_load_rss",
+    "peak_gen_rss",
+    "rss_start",
+    "rss_after_load",
+    "peak_load_cuda_allocated",
+    "peak_load_cuda_reserved",
+    "peak_gen_cuda_allocated",
+    "peak_gen_cuda_reserved",
+    "finished_at",
+    "pid",
+    "environment",
+    "memory_method",
+)
 
 
 def jsonable(value: Any) -> Any:
@@ -72,8 +87,10 @@ def read_records(folder: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:  # no newline after it: an append interrupted by a crash
                 continue
-            raise ValueError(f"Line {i + 1} of {path} is not JSON; the file was edited or damaged. Remove that line "
-                             "(the variant then runs again) or start a new output folder.") from None
+            raise ValueError(
+                f"Line {i + 1} of {path} is not JSON; the file was edited or damaged. Remove that line "
+                "(the variant then runs again) or start a new output folder."
+            ) from None
     return records
 
 
@@ -124,12 +141,16 @@ def start_or_resume(folder: Path, settings: dict) -> dict:
         diff = [k for k in settings if old.get(k) != settings[k]]
         if diff:
             what = "; ".join(f"{k}: {old.get(k)!r} there, {settings[k]!r} now" for k in diff)
-            raise ValueError(f"{folder} holds results made with other settings ({what}). Its images cannot be "
-                             "compared with new ones: pass a new output folder, or delete this one.")
+            raise ValueError(
+                f"{folder} holds results made with other settings ({what}). Its images cannot be "
+                "compared with new ones: pass a new output folder, or delete this one."
+            )
         return meta
     if (folder / RESULTS_FILE).is_file():
-        raise ValueError(f"{folder} has {RESULTS_FILE} but no {META_FILE}; it was not written by quantkit.compare. "
-                         "Pass a new output folder.")
+        raise ValueError(
+            f"{folder} has {RESULTS_FILE} but no {META_FILE}; it was not written by quantkit.compare. "
+            "Pass a new output folder."
+        )
     from ..measure.environment import host
 
     meta = {"settings": settings, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host()}
@@ -156,14 +177,31 @@ class Lock:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.handle.close()
-            raise RuntimeError(f"Another process is writing to {self.path.parent} (it holds {self.path}); wait for "
-                               "it to finish, or use another output folder.") from None
+            raise RuntimeError(
+                f"Another process is writing to {self.path.parent} (it holds {self.path}); wait for "
+                "it to finish, or use another output folder."
+            ) from None
         return self
 
     def __exit__(self, *exc):
         self.handle.close()
 
 
-
-__all__ = ["TIMING_FIELDS", "FORMAT", "IMAGES_DIR", "LOCK_FILE", "META_FILE", "RESULTS_FILE", "SENSITIVITY_DIR", "WORK_DIR", "Lock",
-           "append_record", "jsonable", "read_records", "reference", "repair", "rewrite_records", "start_or_resume"]
+__all__ = [
+    "TIMING_FIELDS",
+    "FORMAT",
+    "IMAGES_DIR",
+    "LOCK_FILE",
+    "META_FILE",
+    "RESULTS_FILE",
+    "SENSITIVITY_DIR",
+    "WORK_DIR",
+    "Lock",
+    "append_record",
+    "jsonable",
+    "read_records",
+    "reference",
+    "repair",
+    "rewrite_records",
+    "start_or_resume",
+]

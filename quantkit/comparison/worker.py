@@ -21,6 +21,7 @@ from ..config import PipelineQuantizationConfig
 from ..files import atomic_write_text
 from .settings import Job
 from .store import IMAGES_DIR, jsonable
+from .variants import split_config
 
 
 def worker_main(job: Job, messages, lifeline) -> None:
@@ -51,8 +52,13 @@ def worker_main(job: Job, messages, lifeline) -> None:
     try:
         record = run_variant(job, send) if job.kind == "variant" else run_sensitivity(job, send)
     except BaseException as err:  # anything the job itself did not catch
-        record = {"variant": job.name, "status": "error", "error": f"{type(err).__name__}: {err}",
-                  "error_type": type(err).__name__, "traceback": traceback.format_exc(limit=20)}
+        record = {
+            "variant": job.name,
+            "status": "error",
+            "error": f"{type(err).__name__}: {err}",
+            "error_type": type(err).__name__,
+            "traceback": traceback.format_exc(limit=20),
+        }
     atomic_write_text(work / "record.json", json.dumps(jsonable(record), allow_nan=False))
 
 
@@ -92,6 +98,7 @@ def run_variant(job: Job, send) -> dict:
     import numpy as np
 
     from ..load import load_pipeline
+    from ..load.offload import apply_compile, check_compile
     from ..measure.environment import environment
     from ..measure.footprint import footprint
     from ..measure.latency import time_calls
@@ -100,8 +107,15 @@ def run_variant(job: Job, send) -> dict:
 
     t_start = time.perf_counter()
     device = job.device
-    record: dict[str, Any] = {"variant": job.name, "config": job.config, "status": "ok", "error": None,
-                              "error_type": None, "pid": os.getpid(), "device": device}
+    record: dict[str, Any] = {
+        "variant": job.name,
+        "config": job.config,
+        "status": "ok",
+        "error": None,
+        "error_type": None,
+        "pid": os.getpid(),
+        "device": device,
+    }
     timings: dict[str, float] = {}
     warm_up_process(device)
     timings["imports_s"] = time.perf_counter() - t_start
@@ -110,11 +124,17 @@ def run_variant(job: Job, send) -> dict:
     meters = {}
     try:
         record["environment"] = environment(device)
-        config = PipelineQuantizationConfig.from_dict(job.config) if job.config is not None else None
+        quant, offload, compile = split_config(job.config)
+        record.update(offload=offload, compile=compile)
+        config = PipelineQuantizationConfig.from_dict(quant) if quant is not None else None
         send("loading")
         t = time.perf_counter()
         with track_peak("load", device) as meters["load"]:
-            pipe = load_pipeline(job.source, config, torch_dtype=job.torch_dtype, device=device, progress=False)
+            pipe = load_pipeline(
+                job.source, config, torch_dtype=job.torch_dtype, device=device, progress=False, offload=offload
+            )
+            if compile is not None:  # compiled lazily: the warm-up calls pay for it, the timed ones do not
+                record["compiled_with"] = apply_compile(pipe, check_compile(compile, device))
         timings["load_s"] = record["load_s"] = time.perf_counter() - t
         record["rss_after_load"] = current_rss()
         fp = footprint(pipe)
@@ -125,7 +145,9 @@ def run_variant(job: Job, send) -> dict:
         record["component_bytes"] = {n: int(b) for n, b in fp["bytes"].items() if n != "total"}
         plan = pipe.quantkit_plan
         labels = {n: c.quantization for n, c in plan.components.items() if c.spec is not None}
-        record["quantization"] = describe(labels)
+        record["quantization"] = describe(labels) + "".join(
+            f" + {what}" for what in (offload and f"{offload} offload", compile and f"compile ({compile})") if what
+        )
         record["component_quantization"] = labels
         pipe.set_progress_bar_config(disable=True)
         kwargs = dict(job.call_kwargs)
@@ -141,8 +163,12 @@ def run_variant(job: Job, send) -> dict:
             outputs, latency = time_calls(draw, n_timed, device=device, warmup=job.warmup, on_step=step)
             timings["generate_s"] = time.perf_counter() - t
         images = outputs[: len(pairs)]
-        record.update(latency_s=latency.median_s, latency_min_s=latency.min_s, latency_samples_s=latency.samples_s,
-                      latency_method=latency.method)
+        record.update(
+            latency_s=latency.median_s,
+            latency_min_s=latency.min_s,
+            latency_samples_s=latency.samples_s,
+            latency_method=latency.method,
+        )
         del draw, pipe
         gc.collect()
         send("quality")
@@ -151,8 +177,9 @@ def run_variant(job: Job, send) -> dict:
         reference = None
         if job.reference is not None:
             reference = np.load(Path(job.folder) / job.reference[1])
-        q = image_quality(images, reference, [p for p, _ in pairs], use_lpips=job.use_lpips, clip=job.clip,
-                          device=device)
+        q = image_quality(
+            images, reference, [p for p, _ in pairs], use_lpips=job.use_lpips, clip=job.clip, device=device
+        )
         record.update(q.to_dict())
         if job.reference is None and job.config is not None:
             record["notes"] = [*record.get("notes", []), "no reference images: the baseline did not finish"]
@@ -163,8 +190,12 @@ def run_variant(job: Job, send) -> dict:
         record["n_images"] = len(images)
         timings["save_s"] = time.perf_counter() - t
     except Exception as err:
-        record.update(status="error", error=f"{type(err).__name__}: {err}", error_type=type(err).__name__,
-                      traceback=traceback.format_exc(limit=20))
+        record.update(
+            status="error",
+            error=f"{type(err).__name__}: {err}",
+            error_type=type(err).__name__,
+            traceback=traceback.format_exc(limit=20),
+        )
     for phase, key in (("load", "load"), ("generate", "gen")):
         m = meters.get(phase)
         r = m.result if m is not None else None
@@ -214,20 +245,39 @@ def run_sensitivity(job: Job, send) -> dict:
     from ..measure.sensitivity import layer_sensitivity
 
     t = time.perf_counter()
-    config = PipelineQuantizationConfig.from_dict(job.config)
+    config = PipelineQuantizationConfig.from_dict(split_config(job.config)[0])
     send("per-layer error")
     try:
-        result = layer_sensitivity(job.source, config, job.component, prompts=job.prompts[:1], seeds=job.seeds[:1],
-                                   device=job.device, torch_dtype=job.torch_dtype, call_kwargs=job.call_kwargs,
-                                   progress=False)
+        result = layer_sensitivity(
+            job.source,
+            config,
+            job.component,
+            prompts=job.prompts[:1],
+            seeds=job.seeds[:1],
+            device=job.device,
+            torch_dtype=job.torch_dtype,
+            call_kwargs=job.call_kwargs,
+            progress=False,
+        )
     except Exception as err:
-        return {"variant": job.name, "component": job.component, "status": "error",
-                "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=20)}
+        return {
+            "variant": job.name,
+            "component": job.component,
+            "status": "error",
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(limit=20),
+        }
     Path(job.work).mkdir(parents=True, exist_ok=True)
     result.frame.to_csv(Path(job.work) / "layers.csv")
-    return {"variant": job.name, "component": result.component, "quantization": result.quantization,
-            "status": "ok", "prompts": job.prompts[:1], "seeds": job.seeds[:1],
-            "timings": {"total_s": time.perf_counter() - t}}
+    return {
+        "variant": job.name,
+        "component": result.component,
+        "quantization": result.quantization,
+        "status": "ok",
+        "prompts": job.prompts[:1],
+        "seeds": job.seeds[:1],
+        "timings": {"total_s": time.perf_counter() - t},
+    }
 
 
 __all__ = ["generate", "run_sensitivity", "run_variant", "worker_main"]

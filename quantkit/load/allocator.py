@@ -8,10 +8,12 @@ layers go back to the OS at once (and `malloc_trim` returns the rest once per co
 cost of more page faults — a slower load (measured in `benchmarks/bench_load_memory.py`).
 
 The tuning is chosen per call (`load_pipeline(..., malloc_tuning=)`), else by the environment variable
-QUANTKIT_MALLOC_TUNING ("1" or "0"), else `DEFAULT`. It applies on CPU loads only, during the load only:
-afterwards the threshold is set to 32 MiB, the value glibc's own dynamic threshold ends at in a process
-that has freed large blocks (glibc cannot be told to go back to its dynamic mode). Off glibc (macOS,
-musl, Windows) it does nothing.
+QUANTKIT_MALLOC_TUNING ("1" or "0"), else `DEFAULT`. It is applied by CPU loads only, and it is a
+process-wide setting once applied: the threshold stays at 1 MiB after the load, because generation's
+activations are freed the same way (measured on a tiny FLUX.1-dev layout at 512², fp32: a generation peak of
+~294 MiB above the start with the threshold kept, ~388 MiB when it was put back to 32 MiB after the load), and
+glibc cannot be told to return to its dynamic mode anyway. `malloc_tuning=False` (or QUANTKIT_MALLOC_TUNING=0)
+leaves glibc alone. Off glibc (macOS, musl, Windows) it does nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ ENV = "QUANTKIT_MALLOC_TUNING"
 DEFAULT = True  # on CPU: the lean peak is what the kit measures and teaches
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 _TUNED = 1 << 20  # 1 MiB: every layer-sized block is its own mmap, returned to the OS when freed
-_AFTER = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 _LIBC = None
 
 
@@ -55,12 +56,11 @@ def allocator_tuning(enabled: bool | None, device: str):
     if not libc:
         yield False
         return
-    libc.mallopt(_M_MMAP_THRESHOLD, _TUNED)
+    libc.mallopt(_M_MMAP_THRESHOLD, _TUNED)  # stays for the process: see the module docstring
     try:
         yield True
     finally:
         libc.malloc_trim(0)
-        libc.mallopt(_M_MMAP_THRESHOLD, _AFTER)
 
 
 def release_freed_memory() -> None:

@@ -19,10 +19,14 @@ from typing import Any
 
 from ..config import PipelineQuantizationConfig
 from ..devices import check_device
-from ..dtypes import to_torch_dtype
+from ..dtypes import dtype_kwargs, to_torch_dtype
 from ..planning import ComponentPlan, Loader, LoadPlan, plan
-from ..planning.sources import model_class
+from ..planning.checks import check_classes
+from ..planning.sources import model_class, resolve_source, weightless
 from .allocator import allocator_tuning
+from .lora import fuse_into, fused_weights, read_deltas
+from .native import make_native
+from .offload import apply_offload, check_offload
 from .restore import restore_component
 from .stream import stream_load
 
@@ -35,8 +39,13 @@ def load_pipeline(
     device: str | None = None,
     progress: bool = True,
     malloc_tuning: bool | None = None,
+    offload: str | None = None,
+    lora=None,
 ):
     """Load a diffusers pipeline, quantizing the components `config` names while they load.
+
+    The quantized components are first-class quantized models of their library (`quantkit.load.native`): the
+    library's `save_pretrained`, `.to()`, offload hooks and LoRA loaders treat them as their own.
 
     Args:
         source: pipeline folder, hub id, or None for quantkit.EMBEDDED_PIPELINE.
@@ -47,8 +56,14 @@ def load_pipeline(
         progress: show progress bars.
         malloc_tuning: on CPU, let glibc hand layer-sized blocks back to the OS while quantized components
             stream in (a lower peak, a slower load; see `quantkit.load.allocator`). None = the environment
-            variable QUANTKIT_MALLOC_TUNING ("1"/"0"), else the default there. The setting applies during this
-            load only and is undone afterwards.
+            variable QUANTKIT_MALLOC_TUNING ("1"/"0"), else the default there. Once applied it holds for the
+            process (generation frees its activations the same way); False leaves glibc alone.
+        offload: None, "model", "sequential" or "group": diffusers' offloading, enabled after the load (CUDA only;
+            see `quantkit.load.offload`).
+        lora: "fuse, then quantize": a LoRA file or folder, a (path, weight) pair, a LoRA state dict, or a list of
+            those, merged into the full-precision weights as each layer streams in, before it is quantized (see
+            `quantkit.load.lora`). To keep a LoRA separate (swap, weight, unfuse it), load the pipeline without it
+            and call `pipe.load_lora_weights(...)`.
 
     Returns:
         The pipeline, with `pipe.quantkit_plan` (the LoadPlan it carried out).
@@ -57,11 +72,27 @@ def load_pipeline(
         ValueError / TypeError: a bad config or source (before anything loads).
         ImportError: a backend package is missing (with the pip command).
         RuntimeError: a config that needs CUDA on a CPU target (naming CPU alternatives), or a device this
-            machine does not have.
+            machine does not have, or an offload mode without CUDA.
     """
-    p = plan(source, config, device=device, torch_dtype=torch_dtype)
+    if device is not None:
+        check_device(device)  # a device this machine lacks is a RuntimeError before anything is read
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {type(progress).__name__} {progress!r}.")
+    folder = resolve_source(source, weights=True)  # a hub id is downloaded here, not taken from the catalog
+    hub_id = weightless(folder)
+    if hub_id is not None:
+        raise OSError(
+            f"{folder} holds the configs of {hub_id} but no weights, so it can be planned but not loaded. Load the "
+            f"hub id itself (downloaded then), or a folder made by `huggingface-cli download {hub_id}`."
+        )
+    p = plan(folder, config, device=device, torch_dtype=torch_dtype)
+    p.source = str(source) if source is not None else "the embedded pipeline"
     p.check()
     check_device(p.device)
+    check_classes(p.pipeline_class, {n: (c.library, c.class_name) for n, c in p.components.items()})
+    check_offload(offload, p.device)
+    pipeline_cls = model_class("diffusers", p.pipeline_class)
+    deltas = read_deltas(pipeline_cls, lora, p) if lora is not None else {}
     tuning = allocator_tuning(malloc_tuning, p.device)
     dtype = to_torch_dtype(p.torch_dtype)
     loaded: dict[str, Any] = {}
@@ -72,13 +103,16 @@ def load_pipeline(
                 if c.loader is Loader.RESTORE:
                     loaded[name] = restore_component(c, p.device)
                 else:
-                    loaded[name] = load_component(c, p, progress=progress)
-        pipeline_cls = model_class("diffusers", p.pipeline_class)
+                    loaded[name] = load_component(c, p, progress=progress, lora=deltas.get(name))
+        make_native(loaded, p, dtype)
         with _library_progress(progress):
-            pipe = pipeline_cls.from_pretrained(p.folder, **dtype_kwargs(pipeline_cls, dtype), **loaded)
+            pipe = pipeline_cls.from_pretrained(p.folder, **dtype_kwargs(dtype), **loaded)
         for name, c in p.components.items():
             if c.is_model and name not in loaded:
-                getattr(pipe, name).to(p.device)
+                if name in deltas:
+                    fuse_into(getattr(pipe, name), deltas[name])
+                if offload is None:
+                    getattr(pipe, name).to(p.device)
     except BaseException:
         loaded.clear()
         _release(p.device)
@@ -89,6 +123,7 @@ def load_pipeline(
         from ..models.defaults import apply_generation_defaults, read_generation_defaults
 
         apply_generation_defaults(pipe, read_generation_defaults(p.folder))
+    apply_offload(pipe, offload, p.device)
     return pipe
 
 
@@ -124,22 +159,17 @@ def _progress(items, enabled: bool, desc: str):
     return tqdm(items, desc=desc, disable=not enabled or len(items) < 2, leave=False)
 
 
-def dtype_kwargs(cls, dtype) -> dict:
-    """`dtype=` for diffusers versions that take it (0.42+: `torch_dtype` is deprecated), else `torch_dtype=`."""
-    if dtype is None:
-        return {}
-    import inspect
-
-    params = inspect.signature(cls.from_pretrained).parameters
-    return {"dtype": dtype} if "dtype" in params else {"torch_dtype": dtype}
-
-
-def load_component(c: ComponentPlan, p: LoadPlan, *, progress: bool = False):
+def load_component(c: ComponentPlan, p: LoadPlan, *, progress: bool = False, lora: dict | None = None):
     """Load one quantized component as its plan says: the backend says where its weights come from
-    (`Backend.weights`); the streaming loader fills the model from there, unless the backend loaded it whole."""
+    (`Backend.weights`); the streaming loader fills the model from there, unless the backend loaded it whole.
+    With `lora` ({layer: [(A, B, scale)]}, from `quantkit.load.lora.read_deltas`) the full-precision weights are
+    streamed with the LoRA merged, and quantized after."""
     dtype = to_torch_dtype(p.torch_dtype)
     spec = c.spec
-    weights = spec.adapter.weights(c, dtype, p.device, progress=progress)
+    if lora:
+        weights = fused_weights(c, lora, p.device)
+    else:
+        weights = spec.adapter.weights(c, dtype, p.device, progress=progress)
     if weights.model is not None:
         model = weights.model
     else:
@@ -148,4 +178,4 @@ def load_component(c: ComponentPlan, p: LoadPlan, *, progress: bool = False):
     return model
 
 
-__all__ = ["dtype_kwargs", "load_component", "load_pipeline"]
+__all__ = ["load_component", "load_pipeline"]

@@ -10,8 +10,19 @@ import os
 import platform
 from importlib import metadata
 
-DISTRIBUTIONS = ("quantkit", "torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "optimum-quanto",
-                 "torchao", "gguf", "scikit-image", "numpy")
+DISTRIBUTIONS = (
+    "quantkit",
+    "torch",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "bitsandbytes",
+    "optimum-quanto",
+    "torchao",
+    "gguf",
+    "scikit-image",
+    "numpy",
+)
 
 
 def versions() -> dict[str, str | None]:
@@ -39,8 +50,13 @@ def cpu_name() -> str:
 
 def host() -> dict:
     """What can be said without importing torch: python, platform, versions, cpu, cpu_count."""
-    return {"python": platform.python_version(), "platform": platform.platform(), "versions": versions(),
-            "cpu": cpu_name(), "cpu_count": os.cpu_count()}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def environment(device: str = "cpu") -> dict:

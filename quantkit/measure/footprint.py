@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..planning.checks import check_pipeline_object
 from ..units import human_bytes, text_table
 
 QUANTIZED_KINDS = ("Params4bit", "Int8Params", "GGUFParameter")
@@ -135,6 +136,10 @@ def footprint(obj):
         `params` (weights the parameters stand for), `quantized_params`, `quantized_bytes`,
         `bits_per_weight` (of the quantized weights; NaN when none) and `reported_bytes` (what
         `get_memory_footprint()` style numel × element_size says). A `total` row sums them.
+
+    Raises:
+        TypeError: `obj` is neither a pipeline (an object with a `components` dict) nor an nn.Module.
+        ValueError: a pipeline without model components.
     """
     import pandas as pd
     import torch
@@ -142,7 +147,13 @@ def footprint(obj):
     if isinstance(obj, torch.nn.Module):
         items = {type(obj).__name__: obj}
     else:
-        items = {n: m for n, m in obj.components.items() if isinstance(m, torch.nn.Module)}
+        components = check_pipeline_object(obj, "footprint() (or a torch.nn.Module, e.g. pipe.transformer)")
+        items = {str(n): m for n, m in components.items() if isinstance(m, torch.nn.Module)}
+        if not items:
+            raise ValueError(
+                f"This {type(obj).__name__} has no torch.nn.Module components to measure (its components: "
+                f"{sorted(map(str, components)) or 'none'}). Pass a loaded pipeline or a model."
+            )
     rows = {}
     for name, model in items.items():
         row = model_bytes(model)
@@ -159,7 +170,22 @@ def footprint(obj):
     frame.loc["total"] = total
     for col in ("bytes", "params", "quantized_params", "quantized_bytes", "reported_bytes"):
         frame[col] = frame[col].astype("int64")
-    return frame
+    return _readable(frame)
+
+
+def _readable(frame):
+    """The same DataFrame, printed as `format_footprint` writes it (every column visible, units named)."""
+    import pandas as pd
+
+    class Footprint(pd.DataFrame):
+        @property
+        def _constructor(self):  # anything derived (a slice, a sum) is a plain DataFrame again
+            return pd.DataFrame
+
+        def __repr__(self) -> str:
+            return format_footprint(self)
+
+    return Footprint(frame)
 
 
 def format_footprint(frame) -> str:

@@ -49,9 +49,11 @@ class Latency:
         return {**asdict(self), "median_s": self.median_s, "min_s": self.min_s, "max_s": self.max_s}
 
     def __repr__(self) -> str:
-        return (f"Latency(median {self.median_s * 1000:.1f} ms over {len(self.samples_s)} runs, "
-                f"min {self.min_s * 1000:.1f} ms, max {self.max_s * 1000:.1f} ms, {self.warmup} warm-up, "
-                f"{self.method})")
+        return (
+            f"Latency(median {self.median_s * 1000:.1f} ms over {len(self.samples_s)} runs, "
+            f"min {self.min_s * 1000:.1f} ms, max {self.max_s * 1000:.1f} ms, {self.warmup} warm-up, "
+            f"{self.method})"
+        )
 
 
 class stopwatch:  # noqa: N801  (used like a function: `with stopwatch(device) as sw`)
@@ -87,8 +89,14 @@ class stopwatch:  # noqa: N801  (used like a function: `with stopwatch(device) a
             self.seconds = time.perf_counter() - self._t0
 
 
-def time_calls(fn: Callable[[int], Any], n: int, *, device: str = "cpu", warmup: int = 1,
-               on_step: Callable[[str], Any] | None = None) -> tuple[list[Any], Latency]:
+def time_calls(
+    fn: Callable[[int], Any],
+    n: int,
+    *,
+    device: str = "cpu",
+    warmup: int = 1,
+    on_step: Callable[[str], Any] | None = None,
+) -> tuple[list[Any], Latency]:
     """The one latency loop: `warmup` untimed calls `fn(0)`, then `fn(i)` timed for i in range(n).
 
     Args:

@@ -83,8 +83,9 @@ class LayerSensitivity:
         """Names of the `n` quantized layers with the lowest SQNR."""
         return list(measured_layers(self.frame)["layer"].head(n))
 
-    def config_keeping(self, n: int = 3, config: PipelineQuantizationConfig | None = None
-                       ) -> PipelineQuantizationConfig:
+    def config_keeping(
+        self, n: int = 3, config: PipelineQuantizationConfig | None = None
+    ) -> PipelineQuantizationConfig:
         """`config` (default: only this component with this spec) with the `n` worst layers kept in full precision."""
         if config is None:
             config = PipelineQuantizationConfig(quant_mapping={self.component: self.spec})
@@ -93,16 +94,27 @@ class LayerSensitivity:
     def __repr__(self) -> str:
         from ..units import text_table
 
-        rows = [[r.layer, f"{r.in_features}->{r.out_features}", f"{r.sqnr_db:.1f}" if r.sqnr_db == r.sqnr_db
-                 else "-", f"{r.rel_error:.4f}" if r.rel_error == r.rel_error else "-", r.status]
-                for r in self.frame.head(15).itertuples()]
+        rows = [
+            [
+                r.layer,
+                f"{r.in_features}->{r.out_features}",
+                f"{r.sqnr_db:.1f}" if r.sqnr_db == r.sqnr_db else "-",
+                f"{r.rel_error:.4f}" if r.rel_error == r.rel_error else "-",
+                r.status,
+            ]
+            for r in self.frame.head(15).itertuples()
+        ]
         more = f"\n... {len(self.frame) - 15} more layers" if len(self.frame) > 15 else ""
-        return (f"LayerSensitivity of {self.component!r} under {self.quantization} (worst first)\n"
-                + text_table(["layer", "shape", "SQNR dB", "rel. error", "status"], rows) + more)
+        return (
+            f"LayerSensitivity of {self.component!r} under {self.quantization} (worst first)\n"
+            + text_table(["layer", "shape", "SQNR dB", "rel. error", "status"], rows)
+            + more
+        )
 
 
-def keep_in_full_precision(config: PipelineQuantizationConfig, component: str,
-                           layers: list[str]) -> PipelineQuantizationConfig:
+def keep_in_full_precision(
+    config: PipelineQuantizationConfig, component: str, layers: list[str]
+) -> PipelineQuantizationConfig:
     """A copy of `config` whose spec for `component` also keeps `layers` unquantized (`modules_to_not_convert`).
 
     The result is always in the mapped form, since only one component's options change.
@@ -115,8 +127,10 @@ def keep_in_full_precision(config: PipelineQuantizationConfig, component: str,
     else:
         names = config.components_to_quantize
         if names is None:
-            raise ValueError("This config quantizes every model component (components_to_quantize=None); name them "
-                             "first, e.g. components_to_quantize=['transformer', 'text_encoder_2'].")
+            raise ValueError(
+                "This config quantizes every model component (components_to_quantize=None); name them "
+                "first, e.g. components_to_quantize=['transformer', 'text_encoder_2']."
+            )
         specs = {name: config.spec for name in names}
     if component not in specs:
         raise ValueError(f"The config does not quantize {component!r}; it quantizes {sorted(specs)}.")
@@ -128,8 +142,7 @@ def keep_in_full_precision(config: PipelineQuantizationConfig, component: str,
     return PipelineQuantizationConfig(quant_mapping=specs)
 
 
-def layer_errors(model, spec: QuantSpec, run: Callable[[], Any], *, device: str = "cpu",
-                 progress: bool = False):
+def layer_errors(model, spec: QuantSpec, run: Callable[[], Any], *, device: str = "cpu", progress: bool = False):
     """Per-layer error of quantizing each Linear of `model` alone with `spec`, on the activations `run()` causes.
 
     Args:
@@ -174,6 +187,7 @@ def layer_errors(model, spec: QuantSpec, run: Callable[[], Any], *, device: str 
             s[0] += float(y.square().sum())
             s[1] += float((y - yq.detach().double()).square().sum())
             s[2] += 1
+
         return fn
 
     handles = [modules[name].register_forward_hook(hook(name)) for name in chosen]
@@ -187,8 +201,15 @@ def layer_errors(model, spec: QuantSpec, run: Callable[[], Any], *, device: str 
     for name, module in modules.items():
         if not isinstance(module, torch.nn.Linear):
             continue
-        row = {"layer": name, "in_features": module.in_features, "out_features": module.out_features,
-               "params": module.weight.numel(), "calls": 0, "sqnr_db": math.nan, "rel_error": math.nan}
+        row = {
+            "layer": name,
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "params": module.weight.numel(),
+            "calls": 0,
+            "sqnr_db": math.nan,
+            "rel_error": math.nan,
+        }
         if name in problems:
             row["status"] = problems[name]
         elif name in kept:
@@ -201,17 +222,26 @@ def layer_errors(model, spec: QuantSpec, run: Callable[[], Any], *, device: str 
                 row["sqnr_db"] = math.inf if noise == 0 else 10 * math.log10(signal / noise)
                 row["rel_error"] = math.sqrt(noise / signal)
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=["layer", "in_features", "out_features", "params", "calls", "sqnr_db",
-                                        "rel_error", "status"])
+    frame = pd.DataFrame(
+        rows, columns=["layer", "in_features", "out_features", "params", "calls", "sqnr_db", "rel_error", "status"]
+    )
     frame = frame.sort_values("sqnr_db", na_position="last", kind="stable").reset_index(drop=True)
     frame.index.name = "rank"
     return frame
 
 
-def layer_sensitivity(source=None, quantization: Any = None, component: str | None = None, *,
-                      prompts: list[str] | None = None, seeds: list[int] | tuple[int, ...] = (0,),
-                      device: str | None = None, torch_dtype: Any = None, call_kwargs: dict | None = None,
-                      progress: bool = True) -> LayerSensitivity:
+def layer_sensitivity(
+    source=None,
+    quantization: Any = None,
+    component: str | None = None,
+    *,
+    prompts: list[str] | None = None,
+    seeds: list[int] | tuple[int, ...] = (0,),
+    device: str | None = None,
+    torch_dtype: Any = None,
+    call_kwargs: dict | None = None,
+    progress: bool = True,
+) -> LayerSensitivity:
     """Rank the Linear layers of one component by the error quantizing each adds, on real pipeline activations.
 
     Args:
@@ -229,8 +259,10 @@ def layer_sensitivity(source=None, quantization: Any = None, component: str | No
         A LayerSensitivity (ranked `frame`, `plot()`, `config_keeping(n)`).
     """
     if quantization is None:
-        raise ValueError("Pass the quantization to study, e.g. QuantSpec('bitsandbytes_4bit', "
-                         "bnb_4bit_quant_type='nf4') or a PipelineQuantizationConfig.")
+        raise ValueError(
+            "Pass the quantization to study, e.g. QuantSpec('bitsandbytes_4bit', "
+            "bnb_4bit_quant_type='nf4') or a PipelineQuantizationConfig."
+        )
     if hasattr(source, "components"):
         pipe = source
     else:
@@ -243,8 +275,9 @@ def layer_sensitivity(source=None, quantization: Any = None, component: str | No
 
         component = denoiser(models)
         if component is None:
-            raise ValueError(f"This pipeline has no transformer or unet; name the component to study, one of "
-                             f"{models}.")
+            raise ValueError(
+                f"This pipeline has no transformer or unet; name the component to study, one of {models}."
+            )
     if component not in models:
         raise ValueError(f"Component {component!r} is not a model of this pipeline; choose one of {models}.")
     if isinstance(quantization, PipelineQuantizationConfig):
@@ -266,8 +299,12 @@ def layer_sensitivity(source=None, quantization: Any = None, component: str | No
             pass
         for prompt in prompts:
             for seed in seeds:
-                pipe(prompt, generator=torch.Generator("cpu").manual_seed(int(seed)), output_type="np",
-                     **(call_kwargs or {}))
+                pipe(
+                    prompt,
+                    generator=torch.Generator("cpu").manual_seed(int(seed)),
+                    output_type="np",
+                    **(call_kwargs or {}),
+                )
 
     frame = layer_errors(model, spec, run, device=model_device, progress=progress)
     return LayerSensitivity(component=component, quantization=spec.label(), spec=spec, frame=frame)

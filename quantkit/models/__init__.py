@@ -2,9 +2,13 @@
 
 - `tiny`: `build_tiny_pipeline` / `save_tiny_pipeline` — random-weight FLUX, SD3 and PixArt-Sigma layouts
   with every component a few hundred kB, for tests.
-- `shapes`: the procedural "colored shapes" dataset and the adherence scorer.
+- `shapes`: the procedural "colored shapes" dataset (v1, 32×32) and its adherence scorer.
+- `scenes`, `scene_scorer`: v2's prompt language (objects, relations, counts, backgrounds), renderer (64×64)
+  and per-attribute scorer.
 - `defaults`: generation defaults stored beside a pipeline and applied to a plain `pipe(prompt)`.
-- `train`: trains the embedded FLUX-layout pipeline (`quantkit/embedded/tiny-flux-shapes`).
+- `training`: the VAE and flow-matching stages both embedded pipelines are trained with;
+  `train` (v1, `quantkit/embedded/tiny-flux-shapes`) and `scenes_train` (v2, `tiny-flux-scenes`) configure them;
+  `evaluation` / `scenes_eval` evaluate the result, `model_card` / `model_card_scenes` write its README.
 
 This `__init__` stays light on purpose: torch, diffusers and transformers are imported by the submodules
 only, so `import quantkit.models` costs nothing.
@@ -14,5 +18,7 @@ from pathlib import Path
 
 # The folder of the trained FLUX-layout pipeline that ships inside the package.
 EMBEDDED_PIPELINE_DIR = Path(__file__).resolve().parent.parent / "embedded" / "tiny-flux-shapes"
+# v2, the 64×64 "scenes" pipeline with trained text encoders (not yet the default: see its model card).
+SCENES_PIPELINE_DIR = Path(__file__).resolve().parent.parent / "embedded" / "tiny-flux-scenes"
 
-__all__ = ["EMBEDDED_PIPELINE_DIR"]
+__all__ = ["EMBEDDED_PIPELINE_DIR", "SCENES_PIPELINE_DIR"]

@@ -111,8 +111,8 @@ def _bpe_merges(words: list[str]) -> list[tuple[str, str]]:
             splits[index] = merged
 
 
-def build_clip_tokenizer(max_length: int = TEXT_LENGTH):
-    """A byte-level BPE CLIP tokenizer over the shapes vocabulary (each prompt word is one token).
+def build_clip_tokenizer(max_length: int = TEXT_LENGTH, words: list[str] | None = None):
+    """A byte-level BPE CLIP tokenizer over `words` (default: the shapes vocabulary); each word is one token.
 
     It adds `<|startoftext|>` and `<|endoftext|>` around every prompt (CLIPTokenizer's post-processor): CLIP's
     pooled output is read at the first end token, so without them it would be the same for every prompt.
@@ -123,22 +123,23 @@ def build_clip_tokenizer(max_length: int = TEXT_LENGTH):
     from transformers import CLIPTokenizer
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # 256 printable stand-ins for the 256 bytes
-    merges = _bpe_merges(vocabulary())  # the words are ASCII, which ByteLevel maps to themselves
+    merges = _bpe_merges(words or vocabulary())  # the words are ASCII, which ByteLevel maps to themselves
     tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
     tokens += [a + b for a, b in merges]
     vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}  # ids 0 and 1 are BOS and EOS
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def build_t5_tokenizer(max_length: int = TEXT_LENGTH):
-    """A Unigram T5 tokenizer: one piece per shapes word (`▁red`), single letters as fallback, `</s>` appended.
+def build_t5_tokenizer(max_length: int = TEXT_LENGTH, words: list[str] | None = None):
+    """A Unigram T5 tokenizer: one piece per word of `words` (default: the shapes vocabulary), e.g. `▁red`;
+    single letters as fallback, `</s>` appended.
 
     Ids follow T5's convention: `<pad>`=0, `</s>`=1, `<unk>`=2.
     """
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
-    pieces += [("▁" + word, -1.0) for word in vocabulary()]  # whole words win over letter sequences
+    pieces += [("▁" + word, -1.0) for word in words or vocabulary()]  # whole words win over letter sequences
     pieces += [(letter, -5.0) for letter in "abcdefghijklmnopqrstuvwxyz"]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 

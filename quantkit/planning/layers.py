@@ -32,7 +32,7 @@ def decide_layers(model, spec: QuantSpec, device: str) -> tuple[list[str], dict[
         why = (
             f"in the skip list ({hit!r})"
             if hit
-            else spec.adapter.layer_problem(spec.kwargs, module.in_features, module.out_features, device)
+            else spec.adapter.layer_problem(spec.kwargs, module.in_features, module.out_features, device, name)
         )
         if why:
             kept[name] = why

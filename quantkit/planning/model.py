@@ -51,6 +51,7 @@ class ComponentPlan:
     layers_total: int = 0  # nn.Linear layers in the model
     quantized_layers: list[str] = field(default_factory=list)
     skipped_layers: dict[str, str] = field(default_factory=dict)  # layer -> why it stays in full precision
+    layer_types: dict[str, str] = field(default_factory=dict)  # quantized layer -> what it becomes (and why)
 
     @property
     def quantization(self) -> str:
@@ -84,6 +85,7 @@ class LoadPlan:
     torch_dtype: str | None
     config: PipelineQuantizationConfig | None
     components: dict[str, ComponentPlan]
+    peak: Any = None  # a PeakEstimate when plan() was given height/width (see predict_peak)
 
     @property
     def quantized(self) -> list[str]:
@@ -101,6 +103,58 @@ class LoadPlan:
     def bytes_after(self) -> int:
         return sum(c.bytes_after for c in self.components.values())
 
+    def predict_peak(
+        self,
+        height: int = 1024,
+        width: int | None = None,
+        num_images: int = 1,
+        offload: str | None = None,
+        *,
+        headers: dict | None = None,
+    ):
+        """The predicted peak memory of loading this plan and drawing `num_images` at height × width
+        (`quantkit.planning.peak.predict_peak`, itemized: weights resident, activations, VAE decode, context).
+
+        Args:
+            headers: {component: tensor headers}, when the folder holds no weights (plan() passes them).
+        """
+        from .peak import predict_peak
+        from .sizing import sizes_from_plan
+
+        if headers is None:
+            from .sources import component_headers
+
+            headers = {n: component_headers(self.folder, n) for n, c in self.components.items() if c.is_model}
+        return predict_peak(
+            sizes_from_plan(self, headers=headers),
+            device=self.device,
+            height=height,
+            width=width or height,
+            num_images=num_images,
+            offload=offload,
+            pipeline_class=self.pipeline_class,
+            dtype=self.torch_dtype or "bfloat16",
+        )
+
+    def layers(self, component: str):
+        """pandas DataFrame, one row per Linear layer of `component` the plan decided on: what it becomes
+        (e.g. "Q6_K (FFN down projection: Q4_K_M raises it from Q4_K to Q6_K)") or why it stays in full precision.
+
+        Raises:
+            ValueError: a component that is not quantized in this plan, naming the ones that are.
+        """
+        import pandas as pd
+
+        if component not in self.components or self.components[component].spec is None:
+            raise ValueError(f"{component!r} is not quantized in this plan; quantized: {self.quantized or 'none'}.")
+        c = self.components[component]
+        rows = [
+            {"layer": n, "status": "quantized", "quantization": c.layer_types.get(n, c.quantization)}
+            for n in c.quantized_layers
+        ]
+        rows += [{"layer": n, "status": "full precision", "quantization": why} for n, why in c.skipped_layers.items()]
+        return pd.DataFrame(rows, columns=["layer", "status", "quantization"])
+
     def problems(self) -> dict[str, str]:
         """{component: why it cannot be loaded as planned}."""
         return {n: c.problem for n, c in self.components.items() if not c.supported}
@@ -115,7 +169,8 @@ class LoadPlan:
         ValueError otherwise)."""
         for c in self.components.values():
             if c.issue is not None:
-                raise c.issue.error(f"Cannot quantize {c.name!r} ({c.class_name}) with {c.quantization} on {self.device}")
+                subject = f"Cannot quantize {c.name!r} ({c.class_name}) with {c.quantization} on {self.device}"
+                raise c.issue.error(subject)
 
     def to_frame(self):
         """pandas DataFrame indexed by component: library, class, quantization, layers, bytes before/after."""
@@ -149,7 +204,8 @@ class LoadPlan:
             layers = f"{len(c.quantized_layers)}/{c.layers_total}" if c.spec else "-"
             status = "ok" if c.supported else f"NO: {c.problem}"
             size = f"{human_bytes(c.bytes_before)} -> {human_bytes(c.bytes_after)}" if c.is_model else "-"
-            rows.append([c.name, c.class_name, c.quantization, layers, size, str(c.loader) if c.is_model else "-", status])
+            loader = str(c.loader) if c.is_model else "-"
+            rows.append([c.name, c.class_name, c.quantization, layers, size, loader, status])
         return rows
 
     def __repr__(self) -> str:
@@ -158,7 +214,10 @@ class LoadPlan:
             f" ({self.torch_dtype or 'checkpoint dtype'}): {human_bytes(self.bytes_before)} -> "
             f"{human_bytes(self.bytes_after)}"
         )
-        return head + "\n" + text_table(self._HEADERS, self._rows())
+        out = head + "\n" + text_table(self._HEADERS, self._rows())
+        if self.peak is not None:
+            out += "\n" + repr(self.peak)
+        return out
 
     def _repr_html_(self) -> str:
         from html import escape

@@ -33,4 +33,18 @@ def default_components(index: dict[str, str | tuple[str, str]]) -> list[str]:
     return names
 
 
-__all__ = ["DENOISERS", "default_components", "denoiser", "is_t5_encoder"]
+def role_of(name: str, class_name: str) -> str:
+    """The part a component plays: "denoiser" (transformer/unet), "text_encoder", "vae" or "other"."""
+    lowered = class_name.lower()
+    if name in ("transformer", "unet", "prior", "decoder") or (
+        ("transformer" in lowered or "unet" in lowered) and ("2d" in lowered or "3d" in lowered)
+    ):
+        return "denoiser"
+    if name == "vae" or "autoencoder" in lowered or lowered.startswith("vq"):
+        return "vae"
+    if name.startswith("text_encoder") or "textmodel" in lowered or "encodermodel" in lowered:
+        return "text_encoder"
+    return "other"
+
+
+__all__ = ["DENOISERS", "default_components", "denoiser", "is_t5_encoder", "role_of"]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
+
+from ..errors import user_path
 
 EMBEDDED_PIPELINE = Path(__file__).resolve().parent.parent / "embedded" / "tiny-flux-shapes"
 """Folder of the tiny FLUX-layout pipeline quantkit ships and uses when no source is given."""
@@ -17,13 +20,28 @@ EMBEDDED_PIPELINE = Path(__file__).resolve().parent.parent / "embedded" / "tiny-
 MODEL_LIBRARIES = ("diffusers", "transformers")
 
 
-def resolve_source(source: str | Path | None) -> Path:
+def resolve_source(source: str | Path | None, *, weights: bool = True) -> Path:
     """A local pipeline folder for `source`: None = the embedded pipeline; a hub id is downloaded.
 
+    Args:
+        source: None, a pipeline folder, or a hub id ("org/name").
+        weights: whether the weights are needed. For planning (`weights=False`) a hub id in quantkit's catalog of
+            published pipelines resolves to the catalog's folder of config files (nothing is downloaded), and
+            another hub id to its config files alone (`quantkit.catalog.remote_configs`; tensor sizes are then
+            read from the safetensors headers by range requests).
+
     Raises:
-        ValueError: a folder that is not a pipeline (no model_index.json).
+        TypeError: a source that is not a string, a Path or None.
+        ValueError: a folder that is not a pipeline (no model_index.json), an empty string.
         FileNotFoundError: neither a folder nor a hub id.
     """
+    if source is not None and not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            f"source must be a pipeline folder (str or Path), a hub id such as 'black-forest-labs/FLUX.1-dev', or "
+            f"None for the embedded pipeline; got {type(source).__name__} {str(source)[:60]!r}."
+        )
+    if isinstance(source, str) and not source.strip():
+        raise ValueError("source='' names no pipeline: pass a folder, a hub id, or None for the embedded pipeline.")
     if source is None:
         if not (EMBEDDED_PIPELINE / "model_index.json").is_file():
             raise FileNotFoundError(
@@ -31,7 +49,7 @@ def resolve_source(source: str | Path | None) -> Path:
                 "(pip install -e . from the repository), or pass a pipeline folder as the source."
             )
         source = EMBEDDED_PIPELINE
-    path = Path(source).expanduser()
+    path = user_path(source, "source")
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             hint = (
@@ -49,6 +67,13 @@ def resolve_source(source: str | Path | None) -> Path:
         raise ValueError(f"{path} is a file, not a pipeline folder. Pass the folder that holds model_index.json.")
     text = str(source)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        if not weights:
+            from ..catalog import catalog_folder, remote_configs
+
+            folder = catalog_folder(text)
+            if folder is not None:
+                return folder
+            return remote_configs(text, _configs_cache() / text.replace("/", "--"))
         return _download(text)
     raise FileNotFoundError(
         f"Pipeline source {text!r} is neither a folder nor a hub id ('org/name'). "
@@ -82,6 +107,39 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
+def _configs_cache() -> Path:
+    import os
+
+    return Path(os.environ.get("QUANTKIT_CACHE", Path.home() / ".cache" / "quantkit")) / "configs"
+
+
+def weightless(folder: Path) -> str | None:
+    """The hub id of a folder that holds a published pipeline's configs but no weights (the catalog's, or
+    configs fetched for planning); None for an ordinary pipeline folder."""
+    from ..catalog import hub_id_of
+
+    hub_id = hub_id_of(folder)
+    if hub_id is not None:
+        return hub_id
+    marker = Path(folder) / ".quantkit-remote"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+def component_headers(folder: Path, name: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{tensor: (safetensors dtype code, shape)} of a component: from its safetensors headers, or — in a folder
+    without weights — computed from its config on the meta device (catalog) or read by range requests (hub)."""
+    from ..checkpoint import read_headers
+
+    hub_id = weightless(folder)
+    if hub_id is None:
+        return read_headers(Path(folder) / name)
+    from ..catalog import hub_id_of, meta_headers, remote_headers
+
+    if hub_id_of(folder) is not None:
+        return meta_headers(folder, name)
+    return remote_headers(hub_id, name)
+
+
 def read_json(path: Path, what: str) -> dict:
     """A JSON object from `path`, or an error that names the file and what it should hold.
 
@@ -92,9 +150,11 @@ def read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; {what} needs it. Save the pipeline again with save_pretrained().")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); {what} needs a JSON object there.") from None
+    except OSError as err:
+        raise PermissionError(f"Cannot read {path} ({err.strerror}); {what} needs it.") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; {what} needs a JSON object.")
     return data
@@ -129,14 +189,25 @@ def model_class(library: str, class_name: str):
     """The class `library.class_name` (diffusers, transformers, or another importable library).
 
     Raises:
-        ValueError: the library or the class does not exist here, naming both and the installed versions' fix.
+        ImportError: the library is not installed (with the pip command; or the entry is misspelt).
+        ValueError: not a module name, or the library has no such class (naming the installed version's fix).
     """
+    if (
+        not isinstance(library, str)
+        or not library.isidentifier()
+        and not all(part.isidentifier() for part in library.split("."))
+    ):
+        raise ValueError(
+            f"model_index.json names the library {library!r}, which is not a module name; fix the entry "
+            "(e.g. ['diffusers', 'AutoencoderKL'])."
+        )
     try:
         module = importlib.import_module(library)
     except ImportError:
-        raise ValueError(
-            f"model_index.json names the library {library!r}, which is not installed; install it "
-            f"(pip install '{library}') or fix the entry."
+        raise ImportError(
+            f"model_index.json names the library {library!r}, which is not installed. Install it with: pip install "
+            f"'{library}' (or fix the entry if it is misspelt).",
+            name=library,
         ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
@@ -174,5 +245,14 @@ def meta_model(library: str, class_name: str, folder: Path):
         ) from None
 
 
-__all__ = ["EMBEDDED_PIPELINE", "MODEL_LIBRARIES", "meta_model", "model_class", "read_json", "read_model_index",
-           "resolve_source"]
+__all__ = [
+    "EMBEDDED_PIPELINE",
+    "MODEL_LIBRARIES",
+    "component_headers",
+    "meta_model",
+    "model_class",
+    "read_json",
+    "read_model_index",
+    "resolve_source",
+    "weightless",
+]

@@ -7,7 +7,11 @@
     quality.png        PSNR against total bytes, Pareto front marked (adherence.png likewise, when measured)
     images.png         the images, one row per variant
     sensitivity.png    per-layer error of the studied component (when a sensitivity study ran)
-    report.md, report.html
+    report.md          the report in Markdown: what the run found (computed from the numbers), settings, table,
+                       plots with what they show
+    report.html        the same Markdown rendered by the `markdown` package (tables, fenced code), with the plots
+
+Sizes are in binary units throughout (`quantkit.units.human_bytes`: KiB, MiB, GiB), said once at the top.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from pathlib import Path
 
-from ..units import human_bytes, text_table
-
-MB = 1024 * 1024
+from ..measure.sensitivity import measured_layers
+from ..units import UNITS_NOTE, human_bytes, text_table
 
 # (column of CompareResults.frame, header, formatter)
 _COLUMNS = [
@@ -68,15 +72,25 @@ def table_rows(results) -> tuple[list[str], list[list[str]]]:
 def text_summary(results) -> str:
     headers, rows = table_rows(results)
     settings = results.meta.get("settings", {})
-    head = (f"CompareResults in {results.folder}: {len(results.records)} variants, "
-            f"{len(settings.get('prompts', []))} prompts × {len(settings.get('seeds', []))} seeds on "
-            f"{settings.get('device', '?')}")
+    head = (
+        f"CompareResults in {results.folder}: {len(results.records)} variants, "
+        f"{len(settings.get('prompts', []))} prompts × {len(settings.get('seeds', []))} seeds on "
+        f"{settings.get('device', '?')}"
+    )
     return head + "\n" + text_table(headers, [[c if len(c) < 60 else c[:57] + "..." for c in r] for r in rows])
+
+
+def md_text(text) -> str:
+    """`text` escaped for Markdown: shown as written, never read as emphasis, code, links or HTML."""
+    text = str(text).replace("\\", "\\\\").replace("\n", " ")
+    text = re.sub(r"([`*\[\]#])", r"\\\1", text)
+    text = re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", text)  # snake_case inside words stays as is
+    return text.replace("&", "&amp;").replace("<", "&lt;")
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     def cell(x: str) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
+        return md_text(x).replace("|", "\\|")
 
     out = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
@@ -114,8 +128,9 @@ def write_plots(results, folder: Path | None = None, *, progress: bool = False) 
     if images:
         figures["images"] = plot_image_grid(images, captions=results.captions)
     for (variant, component), info in results.sensitivity.items():
-        figures["sensitivity"] = plot_layer_error(info["frame"], title=f"{component} in {variant}: "
-                                                  f"{info.get('quantization', '')}")
+        figures["sensitivity"] = plot_layer_error(
+            info["frame"], title=f"{component} in {variant}: {info.get('quantization', '')}"
+        )
         break
     from tqdm.auto import tqdm
 
@@ -128,70 +143,89 @@ def write_plots(results, folder: Path | None = None, *, progress: bool = False) 
 
 
 _PLOT_TEXT = {
-    "memory": ("Weights in memory", "True bytes of each component (quantized tensors taken apart into what they "
-               "really store), stacked per variant."),
-    "peak_memory": ("Peak memory", "Each variant runs in a fresh worker process. Above: each worker's resident "
-                    "set size (RSS) when it started — flat, so no variant inherits memory from the one before. "
-                    "Below: how far the peak RSS rose above that start while loading and while generating."),
-    "quality": ("Quality against memory", "PSNR of each variant's images against the baseline's images for the "
-                "same prompt and seed, against total bytes. The line joins the Pareto front: no other variant "
-                "is both smaller and closer to the baseline."),
-    "adherence": ("Prompt adherence against memory", "Fraction of images that show the color, shape, position "
-                  "and size their prompt asks for (shapes scorer)."),
+    "memory": (
+        "Weights in memory",
+        "True bytes of each component (quantized tensors taken apart into what they "
+        "really store), stacked per variant.",
+    ),
+    "peak_memory": (
+        "Peak memory",
+        "Each variant runs in a fresh worker process. Above: each worker's resident "
+        "set size (RSS) when it started — flat, so no variant inherits memory from the one before. "
+        "Below: how far the peak RSS rose above that start while loading and while generating.",
+    ),
+    "quality": (
+        "Quality against memory",
+        "PSNR of each variant's images against the baseline's images for the "
+        "same prompt and seed, against total bytes. The line joins the Pareto front: no other variant "
+        "is both smaller and closer to the baseline.",
+    ),
+    "adherence": (
+        "Prompt adherence against memory",
+        "Fraction of images that show the color, shape, position and size their prompt asks for (shapes scorer).",
+    ),
     "images": ("Images", "One row per variant; columns are prompt / seed."),
-    "sensitivity": ("Per-layer sensitivity", "SQNR of each Linear layer's output when that layer alone is "
-                    "quantized, on the activations of the real pipeline (lowest = most error; red: the 3 worst)."),
+    "sensitivity": (
+        "Per-layer sensitivity",
+        "SQNR of each Linear layer's output when that layer alone is "
+        "quantized, on the activations of the real pipeline (lowest = most error; red: the 3 worst).",
+    ),
 }
 
 
 def _sections(results, plots: dict[str, Path]) -> list[tuple[str, str, str | None, str | None]]:
-    """(title, text, image file, table markdown-or-None) per section, shared by the md and html writers."""
+    """(title, Markdown text, image file, Markdown table or None) per section of the report."""
     frame = results.frame
     sections = []
     failed = results.failed
     if failed:
-        text = "\n".join(f"- **{n}**: {e}" for n, e in failed.items())
-        sections.append(("Failed variants", "Recorded with their error; the other variants went on.\n\n" + text,
-                         None, None))
+        text = "\n".join(f"- **{md_text(n)}**: {md_text(e)}" for n, e in failed.items())
+        sections.append(
+            ("Failed variants", "Recorded with their error; the other variants went on.\n\n" + text, None, None)
+        )
     starts = frame["rss_start"].dropna() if "rss_start" in frame else []
     for key in ("memory", "peak_memory", "quality", "adherence", "images"):
         if key in plots:
             title, text = _PLOT_TEXT[key]
             if key == "peak_memory" and len(starts) > 1:
-                text += (f" Worker RSS at start: {human_bytes(starts.min())} to {human_bytes(starts.max())} "
-                         f"(spread {human_bytes(starts.max() - starts.min())}).")
+                text += (
+                    f" Worker RSS at start: {human_bytes(starts.min())} to {human_bytes(starts.max())} "
+                    f"(spread {human_bytes(starts.max() - starts.min())})."
+                )
             if key == "quality":
-                from .plots import pareto_front
+                from ..comparison.pareto import front_variants
 
-                ok = frame[frame["status"] == "ok"]
-                q = [1e9 if math.isinf(v) else v for v in ok["psnr"].fillna(float("nan"))]
-                front = [ok.index[i] for i in pareto_front(list(ok["bytes"]), q)]
-                if results.reference in ok.index and results.reference not in front:
-                    front.append(results.reference)
-                text += f" On the front: {', '.join(map(str, front))}."
+                front = front_variants(frame, "psnr", results.reference)
+                text += f" On the front: {', '.join(md_text(n) for n in front)}."
             sections.append((title, text, plots[key].name, None))
     for (variant, component), info in results.sensitivity.items():
         layers = info["frame"]
-        measured = layers[layers["status"] == "quantized"].dropna(subset=["sqnr_db"])
+        measured = measured_layers(layers)
         top = measured.head(10)
-        rows = [[str(r.layer), f"{r.in_features}→{r.out_features}", f"{r.sqnr_db:.1f}", f"{r.rel_error:.4f}"]
-                for r in top.itertuples()]
+        rows = [
+            [str(r.layer), f"{r.in_features}→{r.out_features}", f"{r.sqnr_db:.1f}", f"{r.rel_error:.4f}"]
+            for r in top.itertuples()
+        ]
         table = markdown_table(["layer", "shape", "SQNR dB", "relative error"], rows)
         worst = list(measured["layer"].head(3))
-        text = (f"{component!r} under {info.get('quantization', variant)} (variant {variant!r}), measured on "
-                f"{len(info.get('prompts', []))} prompt(s). {_PLOT_TEXT['sensitivity'][1]} "
-                f"{len(measured)} layers measured; median SQNR {measured['sqnr_db'].median():.1f} dB.\n\n"
-                "To keep the most sensitive layers in full precision, name them in `modules_to_not_convert`:\n\n"
-                "```python\nfrom quantkit.measure.sensitivity import keep_in_full_precision\n"
-                f"config = keep_in_full_precision(config, {component!r}, {json.dumps(worst)})\n```")
+        text = (
+            f"{md_text(repr(component))} under {md_text(info.get('quantization', variant))} (variant "
+            f"{md_text(repr(variant))}), measured on {len(info.get('prompts', []))} prompt(s). "
+            f"{_PLOT_TEXT['sensitivity'][1]} {len(measured)} layers measured; median SQNR "
+            f"{measured['sqnr_db'].median():.1f} dB.\n\n"
+            "To keep the most sensitive layers in full precision, name them in `modules_to_not_convert`:\n\n"
+            "```python\nfrom quantkit.measure.sensitivity import keep_in_full_precision\n"
+            f"config = keep_in_full_precision(config, {component!r}, {json.dumps(worst)})\n```"
+        )
         kept = [r for r in results.records if str(r["variant"]).startswith(f"{variant}+keep")]
         for r in kept:
             base = next((x for x in results.records if x["variant"] == variant), {})
-            text += (f"\n\nTried: **{r['variant']}** — PSNR {_fmt(r.get('psnr'), '{:.1f}')} dB (was "
-                     f"{_fmt(base.get('psnr'), '{:.1f}')}), {human_bytes(r.get('bytes'))} (was "
-                     f"{human_bytes(base.get('bytes'))}).")
-        sections.append((_PLOT_TEXT["sensitivity"][0], text, plots.get("sensitivity", Path("")).name or None,
-                         table))
+            text += (
+                f"\n\nTried: **{md_text(r['variant'])}** — PSNR {_fmt(r.get('psnr'), '{:.1f}')} dB (was "
+                f"{_fmt(base.get('psnr'), '{:.1f}')}), {human_bytes(r.get('bytes'))} (was "
+                f"{human_bytes(base.get('bytes'))})."
+            )
+        sections.append((_PLOT_TEXT["sensitivity"][0], text, plots.get("sensitivity", Path("")).name or None, table))
         break
     return sections
 
@@ -202,88 +236,234 @@ def _fmt(v, pattern: str) -> str:
     return "identical" if isinstance(v, float) and math.isinf(v) else pattern.format(v)
 
 
+# -- what the run found ---------------------------------------------------------------------------------------
+
+
+def _column(frame, name: str):
+    """frame[name] as floats (NaN where missing); all NaN when the column is absent."""
+    import pandas as pd
+
+    if name not in frame:
+        return pd.Series(float("nan"), index=frame.index)
+    return pd.to_numeric(frame[name], errors="coerce").astype(float)
+
+
+def _bold(name) -> str:
+    return f"**{md_text(name)}**"
+
+
+def findings(results) -> list[str]:
+    """What the run found, in Markdown sentences computed from its numbers (the report's first section).
+
+    Which variant is smallest, which is closest to the reference in PSNR (and which furthest), which is fastest;
+    then where the numbers differ from what quantization is expected to do on a GPU, and why: quantized variants
+    slower than the reference, and a peak memory that does not fall with the weights when the weights are a
+    small part of it.
+
+    Returns:
+        Markdown list items ("- ..."); empty when no variant finished.
+    """
+    frame = results.frame
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return []
+    ref = results.reference if results.reference in ok.index else None
+    device = str(results.meta.get("settings", {}).get("device") or "cpu")
+    others = ok.drop(index=ref) if ref is not None else ok
+    size, psnr, latency = _column(ok, "bytes"), _column(others, "psnr"), _column(ok, "latency_s")
+    lines = []
+    if size.notna().any():
+        small = size.idxmin()
+        text = f"Smallest: {_bold(small)}, {human_bytes(size[small])} of weights"
+        if ref is not None and small != ref and size[ref] == size[ref]:
+            text += f", {size[small] / size[ref]:.2f}× the reference {_bold(ref)} ({human_bytes(size[ref])})"
+        lines.append(text + ".")
+    if psnr.notna().any():
+        best, worst = psnr.idxmax(), psnr.idxmin()
+        if math.isinf(psnr[best]):
+            text = f"Closest to the reference: {_bold(best)}, whose images are identical to the reference's"
+        else:
+            text = f"Closest to the reference: {_bold(best)}, PSNR {psnr[best]:.1f} dB"
+        if worst != best:
+            text += f"; furthest: {_bold(worst)}, PSNR {psnr[worst]:.1f} dB"
+        lines.append(text + " (higher is closer; from about 40 dB the images look the same).")
+    if latency.notna().any():
+        fast = latency.idxmin()
+        lines.append(f"Fastest: {_bold(fast)}, {latency[fast]:.3f} s per image.")
+    if ref is not None:
+        lines += _speed_findings(ok, ref, device, latency, size)
+        lines += _memory_findings(ok, ref, device, size)
+    return [f"- {line}" for line in lines]
+
+
+def _speed_findings(ok, ref: str, device: str, latency, size) -> list[str]:
+    ratios = (latency.drop(index=ref) / latency[ref]).dropna()
+    if ratios.empty or not latency[ref] > 0:
+        return []
+    where = "on this CPU" if device == "cpu" else f"on {device}"
+    slower, faster = ratios[ratios > 1.0], ratios[ratios <= 1.0]
+    lo, hi = f"{ratios.min():.1f}×", f"{ratios.max():.1f}×"
+    span = hi if lo == hi else f"{lo} to {hi}"
+    if faster.empty:
+        text = (
+            f"Every quantized variant is slower than the reference {where} ({span} its {latency[ref]:.3f} s per "
+            "image), although quantization is often expected to speed generation up. Quantized layers do extra work "
+            "on every call (they unpack, or dequantize, their weights, or run int8 kernels); what they save, reading "
+            "fewer bytes of weights from memory, speeds a model up only where that reading is the limit: large "
+            "models, on GPUs."
+        )
+        if size[ref] == size[ref]:
+            text += f" With {human_bytes(size[ref])} of weights it is not."
+        return [text]
+    if slower.empty:
+        return [f"Every quantized variant is faster than the reference {where} ({span} its time per image)."]
+    names = ", ".join(f"{_bold(n)} ({v:.1f}×)" for n, v in faster.sort_values().items())
+    return [
+        f"Faster than the reference {where}: {names}; the other {len(slower)} quantized variant"
+        f"{'s are' if len(slower) > 1 else ' is'} slower (up to {slower.max():.1f}× its time per image)."
+    ]
+
+
+def _memory_findings(ok, ref: str, device: str, size) -> list[str]:
+    cuda = device.startswith("cuda") and _column(ok, "peak_gen_cuda_allocated").notna().any()
+    peak = _column(ok, "peak_gen_cuda_allocated" if cuda else "peak_gen_rss")
+    what = "the peak CUDA memory allocated while generating" if cuda else "the peak RSS while generating"
+    known = peak.notna() & size.notna()
+    if not known.get(ref, False) or known.sum() < 2 or not peak[ref] > 0:
+        return []
+    small = size[known].idxmin()
+    if small == ref:
+        return []
+    saved, change = size[ref] - size[small], peak[small] / peak[ref] - 1.0
+    share = size[ref] / peak[ref]
+    percent = f"{change:+.1%}" if abs(change) < 0.1 else f"{change:+.0%}"
+    numbers = (
+        f"{what} is {human_bytes(peak[ref])} for the reference and {human_bytes(peak[small])} for {_bold(small)} "
+        f"({percent}), whose weights are {human_bytes(saved)} smaller"
+    )
+    if share >= 0.25:
+        return [numbers[0].upper() + numbers[1:] + f"; the weights are {share:.0%} of the reference's peak."]
+    text = f"Peak memory hardly follows the weights: {numbers}. The weights are only {share:.0%} of that peak"
+    start = _column(ok, "rss_start").get(ref)
+    if not cuda and start is not None and start == start:
+        text += (
+            f"; most of it is the process itself (Python with torch, diffusers and every backend imported: "
+            f"{human_bytes(start)} before any weight is loaded) and the activations of generation"
+        )
+    elif cuda:
+        text += "; the rest is activations and workspace"
+    return [text + ". On a large model the weights are most of the memory, and the peak falls with them."]
+
+
 def _settings_text(results) -> list[str]:
     s = results.meta.get("settings", {})
     env = next((r.get("environment") for r in results.records if r.get("environment")), None)
-    env = env or results.meta.get("host") or {}  # no variant finished: what the parent saw
+    env = dict(env or results.meta.get("host") or {})  # no variant finished: what the parent saw
     if s.get("device") == "cpu":
         env.setdefault("device_name", env.get("cpu", "?"))
     versions = env.get("versions", {})
-    lines = [f"- source: `{s.get('source')}`",
-             f"- {len(s.get('prompts', []))} prompts × {len(s.get('seeds', []))} seeds per variant; prompts: "
-             + ", ".join(f"“{p}”" for p in s.get("prompts", [])) + f"; seeds {s.get('seeds')}",
-             f"- call arguments: {s.get('call_kwargs') or 'the pipeline’s generation defaults'}; dtype: "
-             f"{s.get('torch_dtype') or 'as stored'}",
-             f"- device: {s.get('device')} ({env.get('device_name', '?')}), {env.get('torch_threads', '?')} torch "
-             f"threads; Python {env.get('python', '?')}",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v)]
+    lines = [
+        f"- source: `{str(s.get('source')).replace('`', '')}`",
+        f"- {len(s.get('prompts', []))} prompts × {len(s.get('seeds', []))} seeds per variant; prompts: "
+        + ", ".join(f"“{md_text(p)}”" for p in s.get("prompts", []))
+        + f"; seeds {md_text(s.get('seeds'))}",
+        f"- call arguments: {md_text(s.get('call_kwargs') or 'the pipeline’s generation defaults')}; dtype: "
+        f"{md_text(s.get('torch_dtype') or 'as stored')}",
+        f"- device: {md_text(s.get('device'))} ({md_text(env.get('device_name', '?'))}), "
+        f"{env.get('torch_threads', '?')} torch threads; Python {env.get('python', '?')}",
+        "- versions: " + ", ".join(f"{md_text(k)} {md_text(v)}" for k, v in versions.items() if v),
+    ]
     from ..measure.environment import comparable
 
     envs = [r.get("environment") for r in results.records if r.get("environment")]
     if any(not comparable(envs[0], e) for e in envs[1:]):
-        lines.append("- **note**: the variants ran on different machines or versions (resumed elsewhere?): "
-                     "compare their timings with care.")
+        lines.append(
+            "- **note**: the variants ran on different machines or versions (resumed elsewhere?): "
+            "compare their timings with care."
+        )
     return lines
+
+
+_INTRO = (
+    "Each variant ran in its own fresh worker process. Quality compares each variant's images with the "
+    "baseline's images for the same prompt and seed (PSNR: higher is closer, 40 dB and up looks the same; "
+    "SSIM: 1 is identical). Latency is the median seconds per image after a warm-up."
+)
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:auto;line-height:1.4}table{border-collapse:collapse;"
+    "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+    "td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#f4f4f4;padding:0 2px}"
+    "pre{background:#f4f4f4;padding:6px}"
+)
+
+
+def report_markdown(results, plots: dict[str, Path] | None = None) -> str:
+    """The report as Markdown: what the run found, the units, settings, the results table, then one section per
+    plot in `plots` ({name: PNG path}, as `write_plots` returns) and the sensitivity study."""
+    plots = plots or {}
+    headers, rows = table_rows(results)
+    found = findings(results)
+    md = ["# Quantization comparison", ""]
+    if found:
+        md += ["## What this run found", "", *found, ""]
+    md += [f"{UNITS_NOTE} Times are in seconds, PSNR in dB.", "", "## Settings", "", *_settings_text(results), ""]
+    md += [_INTRO, "", "## Results", "", markdown_table(headers, rows), ""]
+    for title, text, image, table in _sections(results, plots):
+        md += [f"## {title}", "", text, ""]
+        if table:
+            md += [table, ""]
+        if image:
+            md += [f"![{title}]({image})", ""]
+    return "\n".join(md)
+
+
+def markdown_to_html(text: str, title: str = "Quantization comparison") -> str:
+    """A standalone HTML page of Markdown `text`, rendered by the `markdown` package (tables, fenced code)."""
+    import markdown
+
+    body = markdown.markdown(text, extensions=["tables", "fenced_code"], output_format="html")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    )
 
 
 def write_report(results, *, formats: tuple[str, ...] = ("md", "html"), progress: bool = False) -> list[Path]:
     """Write results.csv, the PNG plots and report.md / report.html into the results' folder.
 
+    report.html is report.md rendered as HTML, so the two always say the same.
+
     Returns:
         The paths written.
     """
     folder = Path(results.folder)
-    frame = results.frame
     written = []
     csv = folder / "results.csv"
-    frame.to_csv(csv)
+    results.frame.to_csv(csv)
     written.append(csv)
     plots = write_plots(results, folder, progress=progress)
     written += list(plots.values())
-    headers, rows = table_rows(results)
-    sections = _sections(results, plots)
-    settings = _settings_text(results)
-    intro = ("Each variant ran in its own fresh worker process. Quality compares each variant's images with the "
-             "baseline's images for the same prompt and seed (PSNR: higher is closer, 40 dB and up looks the same; "
-             "SSIM: 1 is identical). Latency is the median seconds per image after a warm-up.")
+    md = report_markdown(results, plots)
     if "md" in formats:
-        md = ["# Quantization comparison", "", *settings, "", intro, "", "## Results", "",
-              markdown_table(headers, rows), ""]
-        for title, text, image, table in sections:
-            md += [f"## {title}", "", text, ""]
-            if table:
-                md += [table, ""]
-            if image:
-                md += [f"![{title}]({image})", ""]
         path = folder / "report.md"
-        path.write_text("\n".join(md))
+        path.write_text(md)
         written.append(path)
     if "html" in formats:
-        body = [f"<h1>Quantization comparison</h1><ul>{''.join(f'<li>{html.escape(s[2:])}</li>' for s in settings)}"
-                f"</ul><p>{html.escape(intro)}</p><h2>Results</h2>", _html_table(headers, rows)]
-        for title, text, image, table in sections:
-            body.append(f"<h2>{html.escape(title)}</h2>")
-            for para in text.split("\n\n"):
-                if para.startswith("```"):
-                    code = para.strip("`").removeprefix("python\n")
-                    body.append(f"<pre><code>{html.escape(code)}</code></pre>")
-                else:
-                    body.append(f"<p>{html.escape(para).replace(chr(10), '<br>')}</p>")
-            if table:
-                lines = [ln for ln in table.splitlines() if not ln.startswith("|---")]
-                cells = [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines]
-                body.append(_html_table(cells[0], cells[1:]))
-            if image:
-                body.append(f'<p><img src="{html.escape(image)}" alt="{html.escape(title)}"></p>')
-        style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
-                 "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-                 "td:first-child,th:first-child{text-align:left}img{max-width:100%}")
-        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Quantization comparison</title>"
-                f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
         path = folder / "report.html"
-        path.write_text(page)
+        path.write_text(markdown_to_html(md))
         written.append(path)
     return written
 
 
-__all__ = ["html_table", "markdown_table", "table_rows", "text_summary", "write_plots", "write_report"]
+__all__ = [
+    "findings",
+    "html_table",
+    "markdown_table",
+    "markdown_to_html",
+    "md_text",
+    "report_markdown",
+    "table_rows",
+    "text_summary",
+    "write_plots",
+    "write_report",
+]

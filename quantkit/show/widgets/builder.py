@@ -170,6 +170,14 @@ class ConfigBuilder(View):
         """Show `config` in the controls (mode, backend, options, components), then update plan and code."""
         if not isinstance(config, PipelineQuantizationConfig):
             raise TypeError(f"ConfigBuilder shows a quantkit PipelineQuantizationConfig, got {type(config).__name__}.")
+        unknown = [n for n in config.named_components() if n not in self._models]
+        if unknown and self._models:  # it would be dropped from the controls without a word
+            from ...errors import did_you_mean
+
+            raise ValueError(
+                f"The config names {unknown[0]!r}, which is not a model component of this pipeline."
+                f"{did_you_mean(unknown[0], self._models)} Its model components: {', '.join(self._models)}."
+            )
         self._quiet = True
         try:
             if config.is_granular:

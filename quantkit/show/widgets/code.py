@@ -263,7 +263,10 @@ def diffusers_code(config: PipelineQuantizationConfig, plan) -> str:
         ]
         components.append(f", {name}={name}")
     pipeline = imports.name("diffusers", plan.pipeline_class)
-    dtype = f", torch_dtype=torch.{plan.torch_dtype}" if plan.torch_dtype else ""
+    from ...dtypes import dtype_kwargs
+
+    keyword = next(iter(dtype_kwargs("x")))  # diffusers 0.42+ says `dtype=`, older versions `torch_dtype=`
+    dtype = f", {keyword}=torch.{plan.torch_dtype}" if plan.torch_dtype else ""
     head = [f"source = {json.dumps(str(plan.folder))}"]
     tail = [
         f"pipe = {pipeline}.from_pretrained(source{config_arg}{''.join(components)}{dtype})",

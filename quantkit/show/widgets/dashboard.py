@@ -13,7 +13,6 @@ background thread so that Cancel stays clickable; `run()` called from code runs 
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import ipywidgets as W
 
 from ...config import PipelineQuantizationConfig
+from ...files import session_folder
 from ._base import BAD, GREY, View, error_html, esc, figure_png, set_visible, table_html
 from .builder import WIDE, ConfigBuilder
 
@@ -186,7 +186,16 @@ class CompareDashboard(View):
         return self.presets[name]
 
     def add(self, name: str, config: PipelineQuantizationConfig | ConfigBuilder | None) -> None:
-        """Add (or replace) a variant: a config, a ConfigBuilder (its current `.value`), or None (unquantized)."""
+        """Add (or replace) a variant: a config, a ConfigBuilder (its current `.value`), or None (unquantized).
+
+        Raises:
+            TypeError: a name that is not a string, a config of the wrong type.
+            ValueError: an empty name, a ConfigBuilder holding no valid config.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"A variant name is a string such as 'quanto-int8', got {type(name).__name__} {name!r}.")
+        if not name.strip():
+            raise ValueError("A variant needs a name (it names its row and its image folder), e.g. 'mine'.")
         if isinstance(config, ConfigBuilder):
             if config.value is None:
                 raise ValueError(f"The ConfigBuilder holds no valid config: {config.error}")
@@ -200,8 +209,22 @@ class CompareDashboard(View):
         self._refresh_list()
 
     def remove(self, name: str) -> None:
-        """Remove a variant (the reference stays while other variants need it)."""
-        self.variants.pop(name, None)
+        """Remove a variant (the reference stays while other variants need it).
+
+        Raises:
+            TypeError: a name that is not a string.
+            ValueError: no variant has that name (listing those that do).
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"A variant name is a string such as 'quanto-int8', got {type(name).__name__} {name!r}.")
+        if name not in self.variants:
+            from ...errors import did_you_mean
+
+            raise ValueError(
+                f"No variant {name!r} to remove.{did_you_mean(str(name), self.variants)} Variants: "
+                f"{', '.join(self.variants) or 'none'}."
+            )
+        self.variants.pop(name)
         self._refresh_list()
 
     def _refresh_list(self) -> None:
@@ -240,7 +263,7 @@ class CompareDashboard(View):
             return self._out
         key = repr(sorted((k, repr(v)) for k, v in settings.items()))
         if key not in self._folders:
-            self._folders[key] = Path(tempfile.mkdtemp(prefix="quantkit-dashboard-"))
+            self._folders[key] = session_folder("quantkit-dashboard-")  # removed at exit
         return self._folders[key]
 
     @property
@@ -284,8 +307,14 @@ class CompareDashboard(View):
                 retry = name in self.cancelled
                 try:
                     results = compare(
-                        self.source, batch, out=folder, stop=self._stop, report=False, progress=False,
-                        retry_failed=retry, **settings
+                        self.source,
+                        batch,
+                        out=folder,
+                        stop=self._stop,
+                        report=False,
+                        progress=False,
+                        retry_failed=retry,
+                        **settings,
                     )
                 except (ValueError, TypeError, RuntimeError) as err:
                     self.errors[name] = f"{type(err).__name__}: {err}"

@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
 
 from ...config import PipelineQuantizationConfig
+from ...files import session_folder
 from ...units import human_bytes
 from ._base import BAD, GREY, MONO, View, error_html, esc, table_html
 from .builder import ConfigBuilder
@@ -179,11 +179,30 @@ class LayerInspector(View):
         self.set_keep(layers)
 
     def set_keep(self, layers) -> None:
-        """Tick exactly `layers` (names from the ranking), then update the effect once."""
+        """Tick exactly `layers` (names from the ranking), then update the effect once.
+
+        Raises:
+            TypeError: not a list of layer names (one name is a string: write [name]).
+            ValueError: a name that is not among the ranked layers shown, with the nearest.
+        """
+        from collections.abc import Iterable
+
+        if isinstance(layers, str):  # list("proj_out") would be eight one-letter names
+            raise TypeError(f"keep takes a list of layer names; for one layer write [{layers!r}].")
+        if not isinstance(layers, Iterable):
+            raise TypeError(f"keep takes a list of layer names, got {type(layers).__name__} {layers!r}.")
         layers = list(layers)
+        wrong = [n for n in layers if not isinstance(n, str)]
+        if wrong:
+            raise TypeError(f"Layer names are strings, got {type(wrong[0]).__name__} {wrong[0]!r}.")
         unknown = [n for n in layers if n not in self.checks]
         if unknown:
-            raise ValueError(f"Not among the ranked layers shown: {unknown}. Shown: {list(self.checks)[:8]}...")
+            from ...errors import did_you_mean
+
+            raise ValueError(
+                f"Not among the ranked layers shown: {unknown}.{did_you_mean(unknown[0], self.checks)} "
+                f"Shown (worst first): {list(self.checks)[:8]}{'...' if len(self.checks) > 8 else ''}."
+            )
         self._quiet = True
         try:
             for name, box in self.checks.items():
@@ -193,7 +212,11 @@ class LayerInspector(View):
         self.update()
 
     def keep_worst(self, n: int = 3) -> tuple[str, ...]:
-        """Tick the `n` layers with the lowest SQNR; returns them."""
+        """Tick the `n` layers with the lowest SQNR (n >= 0; 0 unticks all); returns them."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"keep_worst takes a whole number of layers, got {type(n).__name__} {n!r}.")
+        if n < 0:  # list[:-1] would tick every layer but the last: silently the opposite of what was asked
+            raise ValueError(f"keep_worst(n={n}): n is how many of the worst layers to keep, 0 or more.")
         self.set_keep(list(self.checks)[:n])
         return self.keep
 
@@ -331,7 +354,7 @@ class LayerInspector(View):
         if keep:
             variants[keep_name] = self.value
         if self.out is None:
-            self.out = Path(tempfile.mkdtemp(prefix="quantkit-inspector-"))
+            self.out = session_folder("quantkit-inspector-")  # removed at exit
         self.quality.value = f"<span style='{GREY}'>measuring {len(variants)} variants …</span>"
         try:
             results = compare(

@@ -135,8 +135,12 @@ class SpecEditor(View):
         self._relabel()
 
     def set(self, backend: str, kwargs: dict | None = None) -> None:
-        """Show `backend` with `kwargs` (both spellings accepted) without firing a change per control."""
-        kwargs = get_backend(backend).normalize_kwargs(kwargs or {})
+        """Show `backend` with `kwargs` (both spellings accepted) without firing a change per control.
+
+        Raises:
+            TypeError / ValueError: an unknown backend, kwargs that are not a dict, an option it does not take.
+        """
+        kwargs = get_backend(backend).normalize_kwargs({} if kwargs is None else kwargs)
         self._quiet = True
         try:
             self.backend.value = get_backend(backend).name
@@ -145,7 +149,10 @@ class SpecEditor(View):
             self._quiet = False
 
     def set_device(self, device: str) -> None:
-        self.device = device
+        """Mark the choices `device` ("cpu", "cuda[:N]", "mps") cannot run (a device planned for need not be here)."""
+        from ...devices import parse_device
+
+        self.device = parse_device(device)
         self._relabel()
 
     # -- reading the controls -----------------------------------------------------------------------------

@@ -1,0 +1,165 @@
+"""Evaluate the trained v2 pipeline ("tiny-flux-scenes") and write its report, grid and model card.
+
+`evaluate_scenes_folder(out)` loads the saved folder as a user would (`from_pretrained`, generation defaults
+applied), picks the generation defaults on *validation* pairs (`heldout_prompts(..., seed=1)`), then scores
+*held-out test* pairs (`seed=0`) per prompt form and attribute with `scene_scorer`, times a plain call, draws
+`grid.png`, and writes `training_report.json`, `heldout_scores.csv` and `README.md`
+(`model_card_scenes.write_scenes_card`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantkit.models import scene_scorer, scenes
+from quantkit.models.defaults import apply_generation_defaults, write_generation_defaults
+from quantkit.models.evaluation import generate, seconds_per_image
+from quantkit.models.tiny import nonconforming_linears
+
+# Held-out test pairs per prompt form (about 2 minutes on 2 cores at the defaults).
+TEST_PAIRS = {"single": 90, "relation": 150, "count": 60}
+VALIDATION_PAIRS = {"single": 30, "relation": 60, "count": 30}
+# Call kwargs compared on validation pairs before the defaults are fixed; CFG doubles the transformer's work.
+SETTINGS_TO_COMPARE = [
+    {},
+    {"num_inference_steps": 28},
+    {"true_cfg_scale": 2.0, "negative_prompt": ""},
+    {"true_cfg_scale": 3.0, "negative_prompt": ""},
+]
+MAX_SECONDS_PER_IMAGE = 1.0  # the budget of a plain call at the defaults on 2 cores
+
+
+def scene_pairs(counts: dict[str, int], seed: int) -> list[tuple[str, int]]:
+    """Held-out (prompt, seed) pairs: counts[form] of each form, from `scenes.heldout_prompts(seed=seed)`."""
+    return [pair for form, n in counts.items() for pair in scenes.heldout_prompts(n, seed=seed, form=form)]
+
+
+def evaluate_scenes(pipe, counts: dict[str, int], seed: int = 0, **call_kwargs):
+    """Generate and score held-out pairs.
+
+    Returns:
+        (DataFrame of `scene_scorer.score_scenes` with a seed column, summary of `scene_scorer.scene_adherence`
+        plus "two_object": the summary over relation and count prompts together).
+    """
+    pairs = scene_pairs(counts, seed)
+    images = generate(pipe, pairs, **call_kwargs)
+    table = scene_scorer.score_scenes(list(images), [p for p, _ in pairs])
+    table["seed"] = [s for _, s in pairs]
+    summary = scene_scorer.scene_adherence(table)
+    two = table[table["form"] != "single"]
+    if len(two):
+        summary["two_object"] = {k: v for k, v in scene_scorer.scene_adherence(two).items() if k != "by_form"}
+    return table, summary
+
+
+def save_scenes_grid(pipe, path: str | Path, seed: int = scenes.HELDOUT_SEED_OFFSET, upscale: int = 2) -> Path:
+    """The issue's verbatim prompt forms (`scenes.example_prompts()`), two rows of seven, upscaled."""
+    from PIL import Image
+
+    prompts = scenes.example_prompts()
+    images = (generate(pipe, [(p, seed) for p in prompts]) * 255).round().astype(np.uint8)
+    columns = 7
+    rows = [
+        np.concatenate(list(images[r * columns : (r + 1) * columns]), axis=1) for r in range(len(images) // columns)
+    ]
+    grid = Image.fromarray(np.concatenate(rows, axis=0))
+    grid = grid.resize((grid.width * upscale, grid.height * upscale), Image.Resampling.NEAREST)
+    path = Path(path)
+    grid.save(path, optimize=True)
+    return path
+
+
+def _brief(summary: dict) -> str:
+    parts = [f"{a} {summary[a]:.0%}" for a in scene_scorer.ATTRIBUTES if summary.get(a) == summary.get(a)]
+    return ", ".join(parts) + f"; all {summary['all']:.0%} (n={summary['n']})"
+
+
+def evaluate_scenes_folder(
+    out: str | Path, report: dict | None = None, *, choose_defaults: bool = False, log=print
+) -> dict:
+    """Evaluate the pipeline saved in `out` and document it (see the module docstring).
+
+    Args:
+        out: the pipeline folder written by `scenes_train.train_scenes`.
+        report: its training report (default: read from `out/training_report.json`).
+        choose_defaults: compare `SETTINGS_TO_COMPARE` on validation pairs and keep the best one that fits
+            `MAX_SECONDS_PER_IMAGE` as the generation defaults.
+
+    Returns:
+        The updated report.
+    """
+    from diffusers import DiffusionPipeline
+
+    from quantkit.models.model_card_scenes import write_scenes_card
+
+    out = Path(out)
+    report = report if report is not None else json.loads((out / "training_report.json").read_text())
+    base = dict(report["config"]["generation_defaults"])
+    start = time.perf_counter()
+    pipe = DiffusionPipeline.from_pretrained(out)  # fp32, as saved
+    pipe.set_progress_bar_config(disable=True)
+    apply_generation_defaults(pipe, base)
+    if choose_defaults:
+        rows = []
+        for variant in SETTINGS_TO_COMPARE:
+            apply_generation_defaults(pipe, {**base, **variant})
+            _, summary = evaluate_scenes(pipe, VALIDATION_PAIRS, seed=1)
+            seconds = seconds_per_image(pipe, repeats=3)
+            rows.append(
+                {
+                    "kwargs": variant,
+                    "seconds_per_image": seconds,
+                    **{k: v for k, v in summary.items() if k != "by_form"},
+                }
+            )
+            log(f"validation {variant}: {_brief(summary)}; {seconds:.2f} s/image")
+        report["validation"] = rows
+        fitting = [r for r in rows if r["seconds_per_image"] <= MAX_SECONDS_PER_IMAGE] or rows[:1]
+        best = max(fitting, key=lambda r: (round(r["all"], 3), -r["seconds_per_image"]))
+        base = {**base, **best["kwargs"]}
+        report["config"]["generation_defaults"] = base
+    write_generation_defaults(out, base)
+    apply_generation_defaults(pipe, base)
+
+    table, summary = evaluate_scenes(pipe, TEST_PAIRS, seed=0)
+    report["heldout"] = summary
+    log(f"held-out: {_brief(summary)}")
+    for form, part in summary["by_form"].items():
+        log(f"  {form}: {_brief(part)}")
+    training = (
+        set((out / "training_prompts.txt").read_text().splitlines())
+        if (out / "training_prompts.txt").is_file()
+        else set()
+    )
+    table["prompt_in_training"] = table["prompt"].isin(training)
+    report["heldout_prompts_in_training"] = {
+        form: float(part["prompt_in_training"].mean()) for form, part in table.groupby("form")
+    }
+    report["seconds_per_image"] = seconds_per_image(pipe)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    report["seconds_per_image_1_thread"] = seconds_per_image(pipe)
+    torch.set_num_threads(threads)
+    report["seconds_per_image_bf16"] = seconds_per_image(pipe.to(torch.bfloat16))
+    pipe.to(torch.float32)
+    report["size_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    report["weights_bytes"] = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
+    report["components"] = {
+        name: {"class": type(module).__name__, "parameters": sum(p.numel() for p in module.parameters())}
+        for name, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module)
+    }
+    report["nonconforming_linears"] = nonconforming_linears(pipe)
+    report["not_k_quant_ready"] = nonconforming_linears(pipe, in_multiple=256, out_multiple=32)
+    report.setdefault("timings_s", {})["evaluate"] = time.perf_counter() - start
+    log(f"{report['seconds_per_image']:.3f} s/image; folder {report['size_bytes'] / 1e6:.1f} MB")
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    table.to_csv(out / "heldout_scores.csv", index=False)
+    save_scenes_grid(pipe, out / "grid.png")
+    write_scenes_card(out, report)
+    return report

@@ -1,0 +1,251 @@
+"""Train the embedded pipeline v2 ("tiny-flux-scenes"): FLUX layout, 64×64 scenes, trained text encoders.
+
+Architecture (every size in `SCENES_*_CONFIG` below, with the reason beside it):
+
+    image 64×64×3 ──VAE (4 levels, scale 8)──▶ latent 8×8×16 ──pack 2×2──▶ 16 tokens × 64 channels
+    prompt ──CLIP (2 layers, 128 wide)──▶ pooled (128)           ─┐
+           ──T5   (2 layers, 128 wide)──▶ 16 tokens × 128         ├─▶ FluxTransformer2DModel (inner 256,
+                                                                   ┘   2 double + 4 single blocks, ~9 M params)
+
+Why 16 image tokens and not 64 (a 3-level VAE): on the 2-core training machine a training step of this
+transformer at batch 32 took 3.7 s with 64 image tokens and 1.1 s with 16 (measured, with other jobs
+running). A 60-minute budget then buys ~2,000 steps at 16 tokens and ~600 at 64 — too few to learn the
+language. The VAE's decoder draws the 8×8-pixel detail of each latent cell instead.
+
+Training (`train_scenes`): the VAE first (`training.train_vae`), then the transformer *and both text encoders*
+jointly through the flow-matching loss (`training.train_flow(train_text_encoders=True)`), then the VAE decoder
+alone (`training.finetune_decoder`, encoder frozen so the latent space stays put). The encoders start
+random and learn whatever features of the prompt the transformer needs — so they carry the meaning, and
+quantizing them can lose it. Tokenizers are built locally and deterministically (`tiny.build_clip_tokenizer`,
+`tiny.build_t5_tokenizer` over `scenes.vocabulary()`).
+
+`ScenesConfig` holds every knob with the reason for its value; `SCENES_PRESETS` names smoke / pilot / full.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from quantkit.models import scenes
+from quantkit.models.defaults import write_generation_defaults
+from quantkit.models.tiny import build_clip_text_model, build_clip_tokenizer, build_t5_encoder, build_t5_tokenizer
+from quantkit.models.training import encode_latents, finetune_decoder, train_flow, train_vae
+
+# The longest prompt ("a small red circle left of a large blue square on a yellow background") is 14 words:
+# 15 T5 tokens with </s>, 16 CLIP tokens with BOS and EOS. FluxPipeline pads T5 to max_sequence_length, so the
+# generation defaults must say 16 (its default 512 would be 30× the attention and garbage).
+SCENES_TEXT_LENGTH = 16
+SCENES_IMAGE_SIZE = scenes.IMAGE_SIZE  # 64 px
+
+SCENES_CLIP_CONFIG = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
+SCENES_T5_CONFIG = dict(
+    d_model=128,  # = transformer joint_attention_dim
+    d_kv=64,
+    d_ff=256,
+    num_layers=2,
+    num_heads=2,
+    relative_attention_num_buckets=8,  # 16 tokens: 8 buckets tell every relative offset apart
+    dropout_rate=0.0,  # the encoders are trained here; dropout would only slow learning in a short run
+)
+SCENES_VAE_CONFIG = dict(
+    block_out_channels=(16, 32, 64, 64),  # 4 levels → vae_scale_factor 8: 64×64 image → 8×8 latent
+    layers_per_block=1,
+    latent_channels=16,  # FLUX's own count; 16 × 2×2 packing = 64 = x_embedder in_features
+    norm_num_groups=8,
+    mid_block_add_attention=False,  # convolution-only: no Linear layers outside the transformer/encoders
+)
+SCENES_TRANSFORMER_CONFIG = dict(
+    patch_size=1,
+    in_channels=64,  # 16 latent channels × 2×2 packed patch
+    num_layers=2,  # double-stream (MMDiT) blocks: text and image tokens with separate weights
+    num_single_layers=4,  # single-stream blocks: text and image tokens concatenated
+    attention_head_dim=64,
+    num_attention_heads=4,  # inner dim 256: every Linear inside the blocks has in_features % 256 == 0 (K-quants)
+    joint_attention_dim=128,  # = T5 d_model
+    pooled_projection_dim=128,  # = CLIP hidden_size
+    guidance_embeds=False,  # like FLUX.1-schnell; classifier-free guidance goes through `true_cfg_scale`
+    axes_dims_rope=(16, 24, 24),  # sums to attention_head_dim
+)
+
+
+@dataclass
+class ScenesConfig:
+    """Every knob of a v2 training run (defaults = the run that produced the shipped weights)."""
+
+    seed: int = 0
+    n_images: int = 12_000  # rendered once and VAE-encoded once (~2 min); each seen ~5× by the flow stage
+    # VAE stage
+    vae_steps: int = 300
+    vae_batch_size: int = 16  # 64×64 images: 16 per step is ~1.2 s on 2 shared cores
+    vae_lr: float = 2e-3  # flat-colored shapes are easy to reconstruct; a high rate gets there in few steps
+    kl_weight: float = 1e-4  # per latent element, relative to per-pixel MSE: keeps latents smooth, recon sharp
+    # flow stage (transformer + text encoders)
+    transformer_steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    text_lr: float = 1e-3  # the encoders start random: they need as large a rate as the transformer
+    warmup_steps: int = 150
+    min_lr_ratio: float = 0.05  # cosine decay ends at 5% of lr
+    weight_decay: float = 0.01
+    ema_decay: float = 0.995  # a short run: the EMA must forget the early weights within ~200 steps
+    prompt_dropout: float = 0.1  # fraction of prompts replaced by "" (unconditional, for true CFG)
+    grad_clip: float = 1.0
+    # optional decoder stage (after the flow stage; encoder frozen, so the transformer's latent space is
+    # unchanged). 0 = skipped, as in the shipped run: tried on it for 200 steps, the reconstruction MSE did not
+    # move (0.046 → 0.046), so the VAE's encoder, not its decoder, is what 300 VAE steps left short.
+    decoder_steps: int = 0
+    decoder_lr: float = 2e-3
+    generation_defaults: dict = field(
+        default_factory=lambda: {
+            "height": SCENES_IMAGE_SIZE,
+            "width": SCENES_IMAGE_SIZE,
+            "num_inference_steps": 20,
+            "max_sequence_length": SCENES_TEXT_LENGTH,
+        }
+    )
+
+
+SCENES_PRESETS = {
+    # seconds, end to end: proves the code path (and is reproducible bit for bit), learns nothing
+    "smoke": ScenesConfig(
+        n_images=64, vae_steps=2, vae_batch_size=4, transformer_steps=3, batch_size=4, warmup_steps=1, decoder_steps=2
+    ),
+    # a few minutes: measures the step times the full preset is sized from
+    "pilot": ScenesConfig(n_images=1024, vae_steps=30, transformer_steps=40, warmup_steps=10, decoder_steps=20),
+    "full": ScenesConfig(),
+}
+
+
+def scenes_config(preset: str, **overrides) -> ScenesConfig:
+    """`SCENES_PRESETS[preset]` with the given fields replaced (None values are ignored)."""
+    if preset not in SCENES_PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(SCENES_PRESETS)}.")
+    return replace(SCENES_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def build_scenes_pipeline(seed: int = 0):
+    """The untrained v2 pipeline (random weights, deterministic for `seed`; the global RNG is left alone)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    words = scenes.vocabulary()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = build_clip_tokenizer(SCENES_TEXT_LENGTH, words=words)
+        tokenizer_2 = build_t5_tokenizer(SCENES_TEXT_LENGTH, words=words)
+        text_encoder = build_clip_text_model(tokenizer, **SCENES_CLIP_CONFIG)
+        text_encoder_2 = build_t5_encoder(tokenizer_2, **SCENES_T5_CONFIG)
+        levels = len(SCENES_VAE_CONFIG["block_out_channels"])
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * levels,
+            up_block_types=("UpDecoderBlock2D",) * levels,
+            shift_factor=0.0,  # set from the latent statistics after the VAE stage
+            scaling_factor=1.0,
+            **SCENES_VAE_CONFIG,
+        ).eval()
+        transformer = FluxTransformer2DModel(**SCENES_TRANSFORMER_CONFIG).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1's settings: resolution-dependent shift
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        base_shift=0.5,
+        max_shift=1.15,
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
+def decoder_stage(vae, images, config: ScenesConfig, report: dict, log=print) -> dict:
+    """The decoder stage (`training.finetune_decoder`), timed into report["timings_s"]["decoder"]."""
+    start = time.perf_counter()
+    result = finetune_decoder(vae, images, config, log=log, held_back=min(256, len(images) // 4))
+    report["timings_s"]["decoder"] = time.perf_counter() - start
+    log(f"decoder stage: {report['timings_s']['decoder']:.0f} s")
+    return result
+
+
+def continue_with_decoder(out: str | Path, log=print) -> dict:
+    """Run the decoder stage on a folder saved by a `train_scenes` run that predates it (same config, same data,
+    same seeds as inside `train_scenes`), and save the VAE and report back."""
+    import os
+
+    from diffusers import AutoencoderKL
+
+    out = Path(out)
+    report = json.loads((out / "training_report.json").read_text())
+    config = ScenesConfig(**{**asdict(ScenesConfig()), **report["config"]})
+    report["config"] = asdict(config)
+    images, _ = scenes.sample_dataset(config.n_images, seed=config.seed)
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    report.update(decoder_stage(vae, images, config, report, log=log))
+    report["load_average_end"] = os.getloadavg()
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def train_scenes(out: str | Path, config: ScenesConfig, log=print) -> dict:
+    """Build, train (VAE, then transformer + text encoders) and save the v2 pipeline to `out` (fp32 safetensors).
+
+    Writes the diffusers folder, `generation_defaults.json` and `training_report.json` (config, timings,
+    losses, load average). Evaluation is a separate step (`scenes_eval.evaluate_scenes_folder`).
+
+    Returns:
+        The report dict.
+    """
+    import os
+
+    out = Path(out)
+    torch.manual_seed(config.seed)
+    report: dict = {
+        "config": asdict(config),
+        "torch_threads": torch.get_num_threads(),
+        "timings_s": {},
+        "load_average_start": os.getloadavg(),
+    }
+    timings = report["timings_s"]
+
+    start = time.perf_counter()
+    images, prompts = scenes.sample_dataset(config.n_images, seed=config.seed)
+    pipe = build_scenes_pipeline(config.seed)
+    timings["data_and_build"] = time.perf_counter() - start
+    log(f"dataset: {len(images)} images, {len(set(prompts))} distinct prompts ({timings['data_and_build']:.1f} s)")
+
+    start = time.perf_counter()
+    report.update(train_vae(pipe.vae, images, config, log=log, held_back=min(256, len(images) // 4)))
+    timings["vae"] = time.perf_counter() - start
+    log(f"vae stage: {timings['vae']:.0f} s")
+
+    start = time.perf_counter()
+    latents = encode_latents(pipe.vae, images)
+    timings["encode_latents"] = time.perf_counter() - start
+    log(f"latents {tuple(latents[0].shape)}: {timings['encode_latents']:.0f} s")
+
+    start = time.perf_counter()
+    report.update(train_flow(pipe, latents, prompts, config, SCENES_TEXT_LENGTH, train_text_encoders=True, log=log))
+    timings["flow"] = time.perf_counter() - start
+    log(f"flow stage: {timings['flow']:.0f} s ({timings['flow'] / max(1, config.transformer_steps):.2f} s/step)")
+    report["distinct_training_prompts"] = len(set(prompts))
+    if config.decoder_steps:
+        report.update(decoder_stage(pipe.vae, images, config, report, log=log))
+    report["load_average_end"] = os.getloadavg()
+
+    pipe.save_pretrained(out, safe_serialization=True)
+    write_generation_defaults(out, config.generation_defaults)
+    (out / "training_prompts.txt").write_text("\n".join(sorted(set(prompts))) + "\n")
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

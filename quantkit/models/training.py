@@ -1,0 +1,283 @@
+"""The two training stages shared by the embedded pipelines (v1 "shapes", v2 "scenes"), on CPU.
+
+1. VAE (`train_vae`): an `AutoencoderKL` learns to squeeze an RGB image into a small latent and back
+   (reconstruction MSE + a small KL term). Its `shift_factor` / `scaling_factor` are then set from the latent
+   statistics, so the transformer sees latents of mean 0 and std 1, as on FLUX.1.
+2. Flow (`train_flow`): a `FluxTransformer2DModel` learns rectified flow on the pipeline's own conventions, so
+   `FluxPipeline.__call__` can sample from it unchanged:
+
+       x0    = (vae latent − shift_factor) · scaling_factor, packed 2×2 → (B, tokens, 4 · latent channels)
+       x_t   = (1 − σ) · x0 + σ · noise,  σ ∈ (0, 1), time-shifted with the same `mu` the pipeline computes
+       model(x_t, timestep=σ, text) ≈ noise − x0          (the velocity the Euler scheduler integrates)
+
+   Text embeddings come from `pipe.encode_prompt` at the `max_sequence_length` saved in the generation
+   defaults, and a fraction of prompts is replaced by "" so classifier-free guidance (`true_cfg_scale` with
+   `negative_prompt=""`) has an unconditional model to push away from. With `train_text_encoders=True` the
+   CLIP and T5 encoders are trained by the same loss (their gradients flow through `encode_prompt`), so they
+   come to carry the prompt language; otherwise their embeddings are computed once and they stay frozen.
+
+Both stages take a config object with the fields they read (see `TrainConfig` in `train.py` and
+`ScenesConfig` in `scenes_train.py`); every random draw comes from a seeded `torch.Generator`, so on the same
+machine and thread count a run is reproducible bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) → float32 (N, 3, H, W) in [-1, 1], the VAE's input range."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to `min_ratio` at `total` (a LambdaLR factor)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_vae(
+    vae, images: np.ndarray, config, log=print, held_back: int = 512, stats_images: int = 2048, chunk: int = 128
+) -> dict:
+    """Train `vae` in place on uint8 images; then set its shift/scaling factors from the latent statistics.
+
+    Reads config.seed, vae_steps, vae_batch_size, vae_lr, kl_weight, grad_clip. The shift and scaling factors
+    come from the posterior means of the first `stats_images` training images; `chunk` images are encoded at
+    a time after training.
+
+    Returns:
+        dict with final loss, reconstruction PSNR (dB, on `held_back` images never trained on), shift_factor,
+        scaling_factor.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    data = images_to_tensor(images)
+    test = data[-held_back:]  # never trained on: an honest reconstruction PSNR
+    data = data[:-held_back] if len(data) > 2 * held_back else data
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, min(100, config.vae_steps // 10 + 1), config.vae_steps, 0.05)
+    )
+    vae.train()
+    losses = []
+    progress = tqdm(range(config.vae_steps), desc="vae", mininterval=10)
+    for step in progress:
+        batch = data[torch.randint(len(data), (config.vae_batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(latents).sample
+        mse = F.mse_loss(recon, batch)
+        kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
+        loss = mse + config.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            progress.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.2f}")
+    vae.eval()
+
+    with torch.no_grad():
+        recon = torch.cat([vae(part).sample for part in test.split(chunk)])
+        mse = F.mse_loss(recon.clamp(-1, 1), test).item()
+        psnr = 10 * math.log10(4.0 / mse)  # peak-to-peak range of [-1, 1] is 2
+        means = torch.cat([vae.encode(part).latent_dist.mean for part in data[:stats_images].split(chunk)])
+    shift, std = means.mean().item(), means.std().item()
+    vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
+    result = {
+        "vae_final_loss": float(np.mean(losses[-50:])) if losses else float("nan"),
+        "vae_psnr_db": psnr,
+        "shift_factor": shift,
+        "scaling_factor": 1.0 / std,
+    }
+    log(f"vae: recon PSNR {psnr:.1f} dB on held-back images; shift {shift:.4f}, scaling {1 / std:.4f}")
+    return result
+
+
+def finetune_decoder(vae, images: np.ndarray, config, log=print, held_back: int = 256) -> dict:
+    """Train only the VAE's decoder (and post_quant_conv) further, the encoder frozen, on posterior samples.
+
+    The latent space stays exactly what the transformer was trained on, so this can run after the flow stage:
+    a decoder that was under-trained in the VAE stage (blurry, colors off) gets sharper without retraining the
+    transformer. Reads config.seed, decoder_steps, vae_batch_size, decoder_lr, grad_clip.
+
+    Returns:
+        dict with decoder_psnr_db (on `held_back` images never trained on) and decoder_final_mse.
+    """
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    data = images_to_tensor(images)
+    test, data = data[-held_back:], data[:-held_back]
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.decoder_lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, min(50, config.decoder_steps // 10 + 1), config.decoder_steps, 0.05)
+    )
+    vae.decoder.train()
+    losses = []
+    progress = tqdm(range(config.decoder_steps), desc="decoder", mininterval=10)
+    for step in progress:
+        batch = data[torch.randint(len(data), (config.vae_batch_size,), generator=generator)]
+        with torch.no_grad():
+            posterior = vae.encode(batch).latent_dist
+            latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        loss = F.mse_loss(vae.decode(latents).sample, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            progress.set_postfix(mse=f"{np.mean(losses[-50:]):.4f}")
+        if step % 200 == 0:
+            log(f"decoder step {step}: mse {np.mean(losses[-200:]):.4f}")
+    vae.eval()
+    vae.requires_grad_(True)
+    with torch.no_grad():
+        recon = torch.cat([vae(part).sample for part in test.split(128)])
+        psnr = 10 * math.log10(4.0 / F.mse_loss(recon.clamp(-1, 1), test).item())
+    log(f"decoder: recon PSNR {psnr:.1f} dB on held-back images")
+    return {"decoder_psnr_db": psnr, "decoder_final_mse": float(np.mean(losses[-50:])) if losses else float("nan")}
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image, (N, latent channels, H / scale, W / scale) each."""
+    data = images_to_tensor(images)
+    means, stds = [], []
+    for part in data.split(chunk):
+        posterior = vae.encode(part).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_flow(
+    pipe,
+    latents: tuple[torch.Tensor, torch.Tensor],
+    prompts: list[str],
+    config,
+    text_length: int,
+    train_text_encoders: bool = False,
+    log=print,
+) -> dict:
+    """Train `pipe.transformer` (and optionally both text encoders) by rectified flow; load the EMA weights.
+
+    Args:
+        pipe: a FluxPipeline whose VAE is trained (shift/scaling factors set).
+        latents: (mean, std) of the VAE posterior of every training image, from `encode_latents`.
+        prompts: one prompt per image.
+        config: reads seed, transformer_steps, batch_size, lr, warmup_steps, min_lr_ratio, weight_decay,
+            ema_decay, prompt_dropout, grad_clip (and text_lr when training the encoders).
+        text_length: T5 `max_sequence_length`, as in the generation defaults.
+        train_text_encoders: train CLIP and T5 jointly through the flow loss (else frozen).
+
+    Returns:
+        dict with the mean loss over the first and last 200 steps.
+    """
+    from diffusers import FluxPipeline
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    vae, transformer = pipe.vae, pipe.transformer
+    latent_mean, latent_std = latents
+    channels, height, width = latent_mean.shape[1:]
+    shift, scaling = vae.config.shift_factor, vae.config.scaling_factor
+
+    unique = sorted(set(prompts)) + [""]  # "" last: the unconditional prompt
+    index = {prompt: i for i, prompt in enumerate(unique)}
+    prompt_ids = torch.tensor([index[p] for p in prompts])
+    empty_id = len(unique) - 1
+    modules = [transformer]
+    if train_text_encoders:
+        modules += [pipe.text_encoder, pipe.text_encoder_2]
+    else:
+        with torch.no_grad():
+            text_embeds, pooled_embeds, _ = pipe.encode_prompt(unique, prompt_2=None, max_sequence_length=text_length)
+
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, height // 2, width // 2, "cpu", torch.float32)
+    txt_ids = torch.zeros(text_length, 3)
+    # The pipeline shifts its sigmas by mu (it depends on the number of image tokens); train on the same shift.
+    sched = pipe.scheduler.config
+    mu = calculate_shift(
+        (height // 2) * (width // 2),
+        sched.base_image_seq_len,
+        sched.max_image_seq_len,
+        sched.base_shift,
+        sched.max_shift,
+    )
+
+    groups = [{"params": list(transformer.parameters()), "lr": config.lr}]
+    if train_text_encoders:
+        text_params = list(pipe.text_encoder.parameters()) + list(pipe.text_encoder_2.parameters())
+        groups.append({"params": text_params, "lr": getattr(config, "text_lr", config.lr)})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, config.warmup_steps, config.transformer_steps, config.min_lr_ratio)
+    )
+    params = [p for group in groups for p in group["params"]]
+    emas = [copy.deepcopy(m).requires_grad_(False) for m in modules]
+    ema_params = [p for m in emas for p in m.parameters()]
+    for module in modules:
+        module.train()
+    losses = []
+    progress = tqdm(range(config.transformer_steps), desc="flow", mininterval=10)
+    for step in progress:
+        idx = torch.randint(len(latent_mean), (config.batch_size,), generator=generator)
+        z = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=generator)
+        x0 = FluxPipeline._pack_latents((z - shift) * scaling, config.batch_size, channels, height, width)
+        noise = torch.randn(x0.shape, generator=generator)
+        # logit-normal σ (SD3's choice: most steps in the middle of the path), then the pipeline's time shift
+        u = torch.sigmoid(torch.randn(config.batch_size, generator=generator))
+        sigma = math.exp(mu) / (math.exp(mu) + (1 / u - 1))
+        x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
+        text_idx = prompt_ids[idx].clone()
+        text_idx[torch.rand(config.batch_size, generator=generator) < config.prompt_dropout] = empty_id
+        if train_text_encoders:  # the pipeline's own encoding path, with gradients
+            embeds, pooled, _ = pipe.encode_prompt(
+                [unique[i] for i in text_idx.tolist()], prompt_2=None, max_sequence_length=text_length
+            )
+        else:
+            embeds, pooled = text_embeds[text_idx], pooled_embeds[text_idx]
+        prediction = transformer(
+            hidden_states=x_t,
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            timestep=sigma,  # the pipeline passes t / 1000 = σ
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            return_dict=False,
+        )[0]
+        loss = F.mse_loss(prediction, noise - x0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            progress.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % 250 == 0:
+            log(f"flow step {step}: loss {np.mean(losses[-250:]):.4f}")
+    for module, ema in zip(modules, emas, strict=True):
+        module.load_state_dict(ema.state_dict())
+        module.eval()
+    first, last = float(np.mean(losses[:200])), float(np.mean(losses[-200:]))
+    log(f"transformer: loss {first:.4f} (first 200 steps) → {last:.4f} (last 200)")
+    return {"transformer_loss_first": first, "transformer_loss_last": last, "losses_every_50": losses[::50]}

@@ -1,0 +1,40 @@
+"""The training code of the embedded pipeline v2 ("tiny-flux-scenes"): reproducible; what it writes loads and draws.
+
+The v2 pipeline is not shipped yet (its first full run missed the adherence targets: see issue 16's note), so
+nothing here reads a shipped folder."""
+
+from dataclasses import replace
+
+import torch
+
+from quantkit.models import scene_scorer
+from quantkit.models.scenes_train import SCENES_PRESETS, train_scenes
+
+
+def test_smoke_training_is_reproducible_bit_for_bit(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for out in (first, second):
+        report = train_scenes(out, replace(SCENES_PRESETS["smoke"], decoder_steps=2), log=lambda message: None)
+    assert set(report["timings_s"]) == {"data_and_build", "vae", "encode_latents", "flow", "decoder"}
+    for name in ("vae", "transformer"):
+        path = f"{name}/diffusion_pytorch_model.safetensors"
+        assert (first / path).read_bytes() == (second / path).read_bytes(), name
+    for name in ("text_encoder", "text_encoder_2"):  # trained too, so they must match as well
+        path = f"{name}/model.safetensors"
+        assert (first / path).read_bytes() == (second / path).read_bytes(), name
+    assert (first / "tokenizer_2" / "spiece.model").is_file() or any((first / "tokenizer_2").iterdir())
+
+
+def test_smoke_output_reloads_and_draws_64_px(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from quantkit.models.defaults import apply_generation_defaults, read_generation_defaults
+
+    out = tmp_path / "smoke"
+    train_scenes(out, SCENES_PRESETS["smoke"], log=lambda message: None)
+    pipe = DiffusionPipeline.from_pretrained(out)
+    apply_generation_defaults(pipe, read_generation_defaults(out))
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+    scene_scorer.score_scene(image, "a red circle")  # scores any image without error
