@@ -13,6 +13,7 @@ from typing import Any
 
 from . import register
 from .base import Backend, Option, Transient, dtype_name, to_torch_dtype
+from .bitsandbytes_chunks import CPU_BLOCK_N, pack_for_cpu_kernel, quantize_4bit, quantize_int8
 
 _SKIP = Option(None, kind="list", aliases=("modules_to_not_convert",), doc="module names kept in full precision")
 BLOCKSIZE = 64  # bitsandbytes' default 4-bit block: one absmax per 64 weights
@@ -154,7 +155,7 @@ class BitsAndBytes4Bit(_BnB):
         )
         if linear.weight.device.type == "cpu" and str(device).startswith("cpu"):
             # Params4bit._quantize, with bitsandbytes' CPU kernel replaced by the same computation in row chunks
-            packed, state = _quantize_4bit(linear.weight.data, weight)
+            packed, state = quantize_4bit(linear.weight.data, weight)
             weight.data, weight.quant_state, weight.bnb_quantized = packed, state, True
             new.quant_state = state
             new.weight = weight
@@ -163,8 +164,8 @@ class BitsAndBytes4Bit(_BnB):
         if linear.bias is not None:
             new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
         _cpu_kernel_fix(new)
-        if new.support_avx512bf16_for_cpu and new.out_features % _CPU_BLOCK_N == 0:
-            new.register_forward_pre_hook(_pack_for_cpu_kernel)
+        if new.support_avx512bf16_for_cpu and new.out_features % CPU_BLOCK_N == 0:
+            new.register_forward_pre_hook(pack_for_cpu_kernel)
         return new
 
     @classmethod
@@ -242,214 +243,6 @@ def _cpu_kernel_fix(layer) -> None:
         layer.support_avx512bf16_for_cpu = False
 
 
-_CHUNK = 1 << 18  # elements per chunk of rows on the CPU: float32 scratch of 1 MiB per buffer, in L2/L3 cache
-_DEVICE_CHUNK = 1 << 20  # on a GPU: fewer, larger kernels (a 2 MiB float16 temporary)
-_STEP = 2.0**126  # (v - b) * _STEP is 0 or >= 1 in size for the 4-bit bucket bounds: see _quantize_4bit
-_TINY = 2.0**-40  # bounds closer to 0 than this are compared directly
-_CPU_BLOCK_N = 32  # rows per block of bitsandbytes' CPU 4-bit layout (_convert_weight_packed_for_cpu's block_n)
-
-
-def _chunk_rows(n_rows: int, n_cols: int, multiple: int = 1) -> int:
-    """Rows per chunk: about _CHUNK elements, and a whole number of `multiple`-element blocks."""
-    rows = max(1, _CHUNK // n_cols)
-    while (rows * n_cols) % multiple:
-        rows += 1
-    return min(rows, n_rows)
-
-
-def _quantize_4bit(w, param):
-    """bitsandbytes.functional.quantize_4bit(w, ...) for a CPU weight: the packed codes and the QuantState, equal
-    bit for bit to bitsandbytes' own CPU kernel (absmax per block of 64, scaled = clamp(w * (1 / absmax), -1, 1),
-    code = the bucket among the 16 code values). That kernel converts the whole weight to float32 and buckets it
-    with torch.bucketize (about 25 ns a weight here); here each chunk of rows is bucketed by counting the bucket
-    bounds below each value in vectorized float32 arithmetic, in cache (about 5 ns a weight)."""
-    import bitsandbytes.functional as F
-    import torch
-    from bitsandbytes.backends.default.ops import _get_4bit_quantize_bounds
-
-    from ..checkpoint import scratch
-
-    blocksize, quant_type, storage = param.blocksize, param.quant_type, param.quant_storage
-    op = torch.ops.bitsandbytes.quantize_4bit.default
-    n = w.numel()
-    if w.ndim != 2 or n % (2 * blocksize) or w.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        packed, absmax = op(w.contiguous(), blocksize, quant_type, storage)
-    else:
-        n_rows, n_cols = w.shape
-        bounds, order = _get_4bit_quantize_bounds(quant_type, w.device)
-        bounds = bounds.tolist()
-        remap = None if quant_type == "nf4" else order.to(torch.uint8)  # FP4's codes are not sorted
-        rows = _chunk_rows(n_rows, n_cols, 2 * blocksize)
-        m = rows * n_cols
-        x = scratch("bnb.x", (m,), torch.float32)
-        t = scratch("bnb.t", (m,), torch.float32)
-        u = scratch("bnb.u", (m,), torch.float32)
-        codes = scratch("bnb.codes", (m,), torch.uint8)
-        big = [b * _STEP for b in bounds if abs(b) >= _TINY]
-        near_zero = [b for b in bounds if abs(b) < _TINY]  # FP4 has a bound at 0: compared directly
-        packed = torch.empty(n // 2, dtype=torch.uint8)
-        absmax = torch.empty(n // blocksize, dtype=torch.float32)
-        for i in range(0, n_rows, rows):
-            chunk = w[i : i + rows].reshape(-1)
-            size, begin = chunk.numel(), i * n_cols
-            xs, ts, us, cs = x[:size], t[:size], u[:size], codes[:size]
-            am = absmax[begin // blocksize : (begin + size) // blocksize]
-            out = packed[begin // 2 : (begin + size) // 2]
-            xs.copy_(chunk)  # A.float()
-            torch.amax(torch.abs(xs, out=ts).view(-1, blocksize), dim=-1, out=am)
-            if not bool(torch.isfinite(am).all()):  # inf / nan: leave the corner cases to bitsandbytes itself
-                p, a = op(w[i : i + rows], blocksize, quant_type, torch.uint8)
-                out.copy_(p.view(-1))
-                am.copy_(a)
-                continue
-            inverse = am.clamp(min=1e-38).reciprocal_()  # 1.0 / absmax.clamp(min=1e-38)
-            torch.mul(xs.view(-1, blocksize), inverse.view(-1, 1), out=ts.view(-1, blocksize)).clamp_(-1, 1)
-            # torch.bucketize(scaled, bounds) == how many bounds lie strictly below the value. (v > b) is computed
-            # as clamp((v - b) * 2**126, 0, 1) in float32 arithmetic, faster here than comparisons, and exact: v and
-            # b lie in [-1, 1], so v - b is 0 or at least ulp(b) / 2 >= 2**-40 in size (b >= 0.002 from 0), and
-            # scaling by a power of two is exact. A bound at 0 is compared directly (v may be subnormal).
-            torch.mul(ts, _STEP, out=xs)
-            for b in near_zero:
-                torch.gt(ts, b, out=cs.view(torch.bool))
-            torch.sub(xs, big[0], out=ts).clamp_(0, 1)
-            for b in big[1:]:
-                ts.add_(torch.sub(xs, b, out=us).clamp_(0, 1))
-            if near_zero:
-                ts.add_(cs)
-            cs.copy_(ts)
-            if remap is not None:
-                index = scratch("bnb.index", (size,), torch.int64)
-                torch.index_select(remap, 0, index.copy_(cs), out=cs)  # order[q]
-            torch.bitwise_left_shift(cs[::2], 4, out=out).bitwise_or_(cs[1::2])
-        packed = packed.unsqueeze(1)
-        if storage != torch.uint8:
-            packed = packed.squeeze().view(storage).unsqueeze(1)
-    # the rest of bitsandbytes.functional.quantize_4bit
-    code = F.get_4bit_type(quant_type, device=w.device)
-    if param.compress_statistics:
-        offset = absmax.mean()
-        qabsmax, state2 = F.quantize_blockwise(absmax - offset, blocksize=256)
-        return packed, F.QuantState(
-            absmax=qabsmax,
-            shape=w.shape,
-            dtype=w.dtype,
-            blocksize=blocksize,
-            code=code,
-            quant_type=quant_type,
-            offset=offset,
-            state2=state2,
-        )
-    return packed, F.QuantState(
-        absmax=absmax, shape=w.shape, dtype=w.dtype, blocksize=blocksize, code=code, quant_type=quant_type
-    )
-
-
-def _pack_for_cpu_kernel(module, args) -> None:
-    """Forward pre-hook of a CPU Linear4bit: the conversion Linear4bit.forward makes before its first inference
-    call on a CPU with AVX512-BF16 (`_convert_weight_packed_for_cpu`), under the same conditions and to the same
-    bytes, but in place and in chunks of 32-row blocks. bitsandbytes' own conversion makes temporaries 12x the
-    packed weight per layer, which the heap keeps: measured on the 282M-parameter benchmark (nf4), 0.66 GiB
-    resident after the first image instead of 0.22 GiB. Afterwards bitsandbytes sees the converted state and
-    skips its own; saving undoes it (Linear4bit._save_to_state_dict), and this hook does it again when needed."""
-    x = args[0] if args else None
-    state = getattr(module.weight, "quant_state", None)
-    if (
-        not hasattr(x, "device")
-        or x.device.type != "cpu"
-        or not module.support_avx512bf16_for_cpu
-        or module.training
-        or x.requires_grad
-        or state is None
-        or getattr(state, "packing_format_for_cpu", False)
-        or module.weight.data.device.type != "cpu"
-    ):
-        return
-    module.weight.data, module.weight.quant_state = _cpu_layout(module.weight.data, state)
-
-
-def _cpu_layout(qweight, state):
-    """bitsandbytes.functional._convert_weight_packed_for_cpu(qweight, state), computed in place: each block of 32
-    rows keeps its bytes, reordered (rows in blocks of 32 and column pairs: (32, K/2, 2) -> (K/2, 32, 2), 64 codes
-    a line, high half << 4 | low half)."""
-    import bitsandbytes.functional as F
-    import torch
-
-    from ..checkpoint import scratch
-
-    if qweight.dtype != torch.uint8:
-        state.original_storage_type = qweight.dtype
-        qweight = qweight.view(torch.uint8)
-    state.original_dtype = state.dtype
-    state.original_nested = state.nested
-    state.original_qshape = qweight.shape
-    n_rows, n_cols = state.shape
-    flat = qweight.reshape(-1)
-    rows = min(n_rows, max(_CPU_BLOCK_N, _CHUNK // n_cols // _CPU_BLOCK_N * _CPU_BLOCK_N))
-    codes = scratch("bnb.layout.codes", (rows * n_cols,), torch.uint8)
-    lines = scratch("bnb.layout.lines", (rows * n_cols // 64, 64), torch.uint8)
-    for i in range(0, n_rows, rows):
-        r = min(rows, n_rows - i)
-        block = flat[i * n_cols // 2 : (i + r) * n_cols // 2]
-        cs, ls = codes[: r * n_cols], lines[: r * n_cols // 64]
-        torch.bitwise_right_shift(block, 4, out=cs[0::2])  # unpack: high nibble first
-        torch.bitwise_and(block, 0xF, out=cs[1::2])
-        ls.view(r // _CPU_BLOCK_N, n_cols // 2, _CPU_BLOCK_N, 2).copy_(
-            cs.view(r // _CPU_BLOCK_N, _CPU_BLOCK_N, n_cols // 2, 2).transpose(1, 2)
-        )
-        torch.bitwise_left_shift(ls[:, 32:], 4, out=block.view(-1, 32)).bitwise_or_(ls[:, :32])
-    if state.nested:
-        absmax = F.dequantize_blockwise(state.absmax, state.state2)
-        absmax += state.offset
-        if absmax.dtype != torch.float32:
-            absmax = absmax.float()
-        state.absmax = absmax
-        state.nested = False
-        delattr(state, "state2")
-    state.absmax = state.absmax.reshape(n_rows, n_cols // state.blocksize).T.to(torch.bfloat16).contiguous()
-    state.dtype = torch.bfloat16
-    state.packing_format_for_cpu = True
-    return flat.view(n_rows, n_cols // 2), state
-
-
-def _quantize_int8(w):
-    """(CB, SCB) as Int8Params._quantize computes them: the weight in float16, then bitsandbytes'
-    int8_vectorwise_quant (row absmax SCB, CB = round(w * (127 / SCB)) with a float32 product), in chunks of rows
-    (rows are independent). On the CPU the arithmetic of bitsandbytes' default kernel is done here, in float32
-    (exact for float16 values; that kernel makes weight-sized float32 temporaries); on a GPU the device's own
-    kernel runs per chunk, so that no weight-sized float16 copy is made either."""
-    import bitsandbytes.functional as F
-    import torch
-
-    from ..checkpoint import scratch
-
-    if w.ndim != 2:
-        CB, SCB, _ = F.int8_vectorwise_quant(w.contiguous().to(torch.float16))
-        return CB, SCB
-    n, k = w.shape
-    cpu = w.device.type == "cpu"
-    rows = _chunk_rows(n, k) if cpu else min(n, max(1, _DEVICE_CHUNK // k))
-    CB = torch.empty(n, k, dtype=torch.int8, device=w.device)
-    SCB = torch.empty(n, dtype=torch.float32, device=w.device)
-    half = scratch("bnb.half", (rows, k), torch.float16, w.device)
-    if cpu:
-        f = scratch("bnb.f", (rows, k), torch.float32)
-        g = scratch("bnb.g", (rows, k), torch.float32)
-    for i in range(0, n, rows):
-        chunk = w[i : i + rows]
-        r = chunk.shape[0]
-        h = half[:r]
-        h.copy_(chunk)  # .to(torch.float16)
-        if not cpu:
-            CB[i : i + r], SCB[i : i + r], _ = F.int8_vectorwise_quant(h)
-            continue
-        fs, stats = f[:r], SCB[i : i + r]
-        fs.copy_(h)
-        torch.amax(torch.abs(fs, out=g[:r]), dim=1, out=stats)  # torch.max(A.abs(), dim=1).values.float()
-        fs.mul_((127.0 / stats).unsqueeze(-1)).round_()  # round(A * (127.0 / row_stats))
-        CB[i : i + r].copy_(fs)
-    return CB, SCB
-
-
 @register
 class BitsAndBytes8Bit(_BnB):
     name = "bitsandbytes_8bit"
@@ -506,7 +299,7 @@ class BitsAndBytes8Bit(_BnB):
         else:
             # what Int8Params._quantize does (it only runs when the weight moves *from the CPU*, so a weight streamed
             # onto the GPU would stay in 16 bits until the first forward): quantize where the weight is now
-            CB, SCB = _quantize_int8(linear.weight.data.to(device))
+            CB, SCB = quantize_int8(linear.weight.data.to(device))
             new.weight = bnb.nn.Int8Params(CB, requires_grad=False, has_fp16_weights=False, CB=CB, SCB=SCB)
         if linear.bias is not None:
             new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)

@@ -221,11 +221,7 @@ def _lora_keys_hook(module, state_dict, prefix, local_metadata):
     return out
 
 
-# Elements per chunk of rows on the CPU (~1 MiB of float32 scratch per buffer, in L2/L3 cache). In a chunk the
-# reductions and round/clamp run in float32 (2-3x faster than bfloat16 kernels on a CPU; exact, since every
-# bfloat16/float16 value and every small integer is a float32), the divisions in the weight's dtype as quanto does.
-_CHUNK = 1 << 18
-_DEVICE_CHUNK = 1 << 20  # on a GPU: fewer, larger kernels (a few MiB of scratch)
+# Chunks of rows as quantkit.backends.chunking sizes them; the divisions in the weight's dtype as quanto does.
 _PACK_ROWS = 64  # torch's CPU int4 packing for tinygemm lays out blocks of 64 rows (same bytes when packed apart)
 
 
@@ -254,7 +250,9 @@ def _quantize_chunked(qlinear, w):
 
 
 def _rows(w, k: int, multiple: int = 1) -> int:
-    rows = max(1, (_CHUNK if w.device.type == "cpu" else _DEVICE_CHUNK) // k)
+    from .chunking import chunk_rows
+
+    rows = chunk_rows(w.shape[0], k, w.device.type)
     return min(max(multiple, rows // multiple * multiple), w.shape[0])
 
 

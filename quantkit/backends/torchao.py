@@ -258,12 +258,6 @@ class TorchAO(Backend):
         return restored
 
 
-# Elements per chunk of rows on the CPU (1 MiB of float32 scratch, in L2/L3 cache); reductions, products and
-# round/clamp run in float32 there, which is what torchao's own arithmetic comes to (see _int8_weight_only).
-_CHUNK = 1 << 18
-_DEVICE_CHUNK = 1 << 20  # on a GPU: fewer, larger kernels (a 4 MiB temporary)
-
-
 def _int8_weight_only(w, config):
     """Int8Tensor.from_hp(w, PerRow()) as torchao computes it, chunk by chunk of rows; None for any other config
     (then quantize_ runs as usual). torchao: scale = max(-min(w), max(w), 0) per row / 127.5 in w's dtype, clamped
@@ -286,9 +280,10 @@ def _int8_weight_only(w, config):
     from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
 
     from ..checkpoint import scratch
+    from .chunking import chunk_rows
 
     n, k = w.shape
-    rows = min(n, max(1, (_CHUNK if w.device.type == "cpu" else _DEVICE_CHUNK) // k))
+    rows = chunk_rows(n, k, w.device.type)  # float32 products are what torchao's own arithmetic comes to
     qdata = torch.empty(n, k, dtype=torch.int8, device=w.device)
     scale = torch.empty(n, 1, dtype=torch.float32, device=w.device)
     f = scratch("torchao.f", (rows, k), torch.float32, w.device)
