@@ -27,6 +27,7 @@ from .allocator import allocator_tuning
 from .lora import fuse_into, fused_weights, read_deltas
 from .native import make_native
 from .offload import apply_offload, check_offload
+from .placement import align_devices, check_device_map, mark_pipeline, place
 from .restore import restore_component
 from .stream import stream_load
 
@@ -41,6 +42,8 @@ def load_pipeline(
     malloc_tuning: bool | None = None,
     offload: str | None = None,
     lora=None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
 ):
     """Load a diffusers pipeline, quantizing the components `config` names while they load.
 
@@ -64,6 +67,13 @@ def load_pipeline(
             those, merged into the full-precision weights as each layer streams in, before it is quantized (see
             `quantkit.load.lora`). To keep a LoRA separate (swap, weight, unfuse it), load the pipeline without it
             and call `pipe.load_lora_weights(...)`.
+        device_map: spread the model components over devices, each whole on one (`quantkit.load.placement`):
+            "balanced" (diffusers' strategy, on CUDA GPUs, budgeted by each component's true bytes after
+            quantization) or a dict naming a device for every model component. Not with `device` or `offload`.
+            The pipeline gets `hf_device_map`, as in diffusers (`pipe.to()` then refuses until
+            `pipe.reset_device_map()`).
+        max_memory: with device_map="balanced", the bytes each GPU may take ({0: "14GiB", 1: "20GiB"}); default:
+            what accelerate finds free.
 
     Returns:
         The pipeline, with `pipe.quantkit_plan` (the LoadPlan it carried out).
@@ -74,6 +84,7 @@ def load_pipeline(
         RuntimeError: a config that needs CUDA on a CPU target (naming CPU alternatives), or a device this
             machine does not have, or an offload mode without CUDA.
     """
+    check_device_map(device_map, device=device, offload=offload, max_memory=max_memory)
     if device is not None:
         check_device(device)  # a device this machine lacks is a RuntimeError before anything is read
     if not isinstance(progress, bool):
@@ -85,10 +96,20 @@ def load_pipeline(
             f"{folder} holds the configs of {hub_id} but no weights, so it can be planned but not loaded. Load the "
             f"hub id itself (downloaded then), or a folder made by `huggingface-cli download {hub_id}`."
         )
+    if isinstance(device_map, dict):  # plan for the map's GPU, if it names one (backends check their device)
+        gpus = [str(v) for v in device_map.values() if not str(v).startswith("cpu")]
+        device = (f"cuda:{gpus[0]}" if gpus[0].isdigit() else gpus[0]) if gpus else "cpu"
+    elif device_map is not None:
+        device = "cuda"
     p = plan(folder, config, device=device, torch_dtype=torch_dtype)
     p.source = str(source) if source is not None else "the embedded pipeline"
     p.check()
     check_device(p.device)
+    placement = None
+    if device_map is not None:
+        models = {n: c.bytes_after for n, c in p.components.items() if c.is_model}
+        placement = place(device_map, models, max_memory)
+    where = placement.devices if placement else {}
     check_classes(p.pipeline_class, {n: (c.library, c.class_name) for n, c in p.components.items()})
     check_offload(offload, p.device)
     pipeline_cls = model_class("diffusers", p.pipeline_class)
@@ -100,10 +121,11 @@ def load_pipeline(
         with tuning:
             for name in _progress(p.quantized, progress, "quantizing components"):
                 c = p.components[name]
+                target = where.get(name, p.device)
                 if c.loader is Loader.RESTORE:
-                    loaded[name] = restore_component(c, p.device)
+                    loaded[name] = restore_component(c, target)
                 else:
-                    loaded[name] = load_component(c, p, progress=progress, lora=deltas.get(name))
+                    loaded[name] = load_component(c, p, progress=progress, lora=deltas.get(name), device=target)
         make_native(loaded, p, dtype)
         with _library_progress(progress):
             pipe = pipeline_cls.from_pretrained(p.folder, **dtype_kwargs(dtype), **loaded)
@@ -112,7 +134,11 @@ def load_pipeline(
                 if name in deltas:
                     fuse_into(getattr(pipe, name), deltas[name])
                 if offload is None:
-                    getattr(pipe, name).to(p.device)
+                    getattr(pipe, name).to(where.get(name, p.device))
+        if placement is not None:
+            for name, target in placement.devices.items():
+                align_devices(getattr(pipe, name), target)
+            mark_pipeline(pipe, placement)
     except BaseException:
         loaded.clear()
         _release(p.device)
@@ -159,21 +185,24 @@ def _progress(items, enabled: bool, desc: str):
     return tqdm(items, desc=desc, disable=not enabled or len(items) < 2, leave=False)
 
 
-def load_component(c: ComponentPlan, p: LoadPlan, *, progress: bool = False, lora: dict | None = None):
+def load_component(
+    c: ComponentPlan, p: LoadPlan, *, progress: bool = False, lora: dict | None = None, device: str | None = None
+):
     """Load one quantized component as its plan says: the backend says where its weights come from
     (`Backend.weights`); the streaming loader fills the model from there, unless the backend loaded it whole.
     With `lora` ({layer: [(A, B, scale)]}, from `quantkit.load.lora.read_deltas`) the full-precision weights are
-    streamed with the LoRA merged, and quantized after."""
+    streamed with the LoRA merged, and quantized after. `device`: where it goes (default: the plan's device)."""
     dtype = to_torch_dtype(p.torch_dtype)
     spec = c.spec
+    device = device or p.device
     if lora:
-        weights = fused_weights(c, lora, p.device)
+        weights = fused_weights(c, lora, device)
     else:
-        weights = spec.adapter.weights(c, dtype, p.device, progress=progress)
+        weights = spec.adapter.weights(c, dtype, device, progress=progress)
     if weights.model is not None:
         model = weights.model
     else:
-        model = stream_load(c, weights.source, dtype, p.device, weights.quantize, progress=progress)
+        model = stream_load(c, weights.source, dtype, device, weights.quantize, progress=progress)
     model.quantkit = {"backend": spec.backend, "kwargs": spec.kwargs, "layers": list(c.quantized_layers)}
     return model
 
