@@ -46,19 +46,20 @@ def test_k_quants_load_in_the_simple_form_and_follow_the_type_order(images, refe
     assert scores["Q6_K"] > 40 and scores["Q2_K"] < scores["Q4_K"] - 3
 
 
-def test_on_the_embedded_pipeline_quality_follows_the_type_order():
+def test_on_the_embedded_pipeline_quality_follows_the_type_order(tmp_path, monkeypatch):
     """The embedded pipeline (quantkit.EMBEDDED_PIPELINE): its transformer's FFN-down layers (512 in) take K blocks,
     the 64/128-wide rest stays full precision (the plan says why). PSNR against the unquantized pipeline's image,
     mean over prompts x seeds, falls with the type's bits: measured 65.5 / 59.8 / 56.0 / 48.4 / 41.9 dB for
-    Q6_K..Q2_K (4 prompts x 2 seeds, 20 steps); here 2 prompts x 2 seeds at 8 steps."""
+    Q6_K..Q2_K (4 prompts x 2 seeds, 20 steps); here 1 prompt x 2 seeds at 6 steps."""
     import numpy as np
 
-    prompts, seeds = ("a red circle", "a small green triangle"), (0, 1)
+    prompts, seeds = ("a small green triangle",), (0, 1)
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path))  # its GGUF files apart from the tiny pipeline's
 
     def images(config):
         pipe = qk.load_pipeline(None, config, device="cpu", progress=False)
         pipe.set_progress_bar_config(disable=True)
-        return [generate(pipe, prompt, seed, steps=8) for prompt in prompts for seed in seeds]
+        return [generate(pipe, prompt, seed, steps=6) for prompt in prompts for seed in seeds]
 
     reference = images(None)
     scores = {}

@@ -196,3 +196,16 @@ def test_mapped_form_for_every_backend(flux_dir, baseline, case_id):
     pipe = load(flux_dir, PipelineQuantizationConfig(quant_mapping={"transformer": spec, "text_encoder_2": t5_config}))
     assert linear_types(pipe.transformer) == linear_types(pipe.text_encoder_2) == {layer_class}
     assert psnr(generate(pipe), baseline[1]) >= min_psnr
+
+
+def test_a_quiet_load_leaves_the_libraries_progress_bars_as_the_caller_set_them(flux_dir):
+    import diffusers.utils.logging as dl
+    import transformers.utils.logging as tl
+
+    dl.disable_progress_bar()
+    try:
+        qk.load_pipeline(flux_dir, None, device="cpu", progress=False)
+        assert not dl.is_progress_bar_enabled(), "the caller turned diffusers' bars off; a load turned them on"
+        assert tl.is_progress_bar_enabled()
+    finally:
+        dl.enable_progress_bar()

@@ -1,19 +1,22 @@
-"""glibc's allocator while quantized components stream in: an explicit, scoped option.
+"""glibc's allocator on CPU: an explicit, scoped option (on by default for CPU loads).
 
-Why: glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed; after that,
-layer-sized weights and temporaries live on the heap, and the process keeps their memory after they
-are freed. Streaming a 282 M-parameter transformer into 4-bit then peaks at about 1.6x the
-unquantized pipeline instead of ~0.5x. With the threshold fixed at 1 MiB during the load, freed
-layers go back to the OS at once (and `malloc_trim` returns the rest once per component), at the
-cost of more page faults — a slower load (measured in `benchmarks/bench_load_memory.py`).
+Why: glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed; after that, layer-sized
+blocks live on the heap, and the process keeps their memory after they are freed. With the threshold fixed at
+1 MiB, freed blocks go back to the OS at once.
+
+What it buys now: the streaming loader reads mapped tensors and quantizes them in chunks into reused scratch
+(`quantkit.load.stream`, `quantkit.backends.chunking`), so the *load* no longer needs it. Measured in one run of
+`benchmarks/bench_load_memory.py` (282 M layout, 2 cores, medians of 2): peak of load + one image 0.35 GiB for
+quanto int8 with and without it, bnb nf4 0.24 vs 0.25 GiB, load 1.31 vs 1.24 s (the first loader took 2-3x
+longer with it). *Generation* on CPU still does: its activations are freed the same way. A tiny FLUX.1-dev
+layout at 512², fp32, peaks 349-369 MiB above the start without it and ~294 MiB with it (`tests/test_peak.py`,
+whose peak model assumes it).
 
 The tuning is chosen per call (`load_pipeline(..., malloc_tuning=)`), else by the environment variable
-QUANTKIT_MALLOC_TUNING ("1" or "0"), else `DEFAULT`. It is applied by CPU loads only, and it is a
-process-wide setting once applied: the threshold stays at 1 MiB after the load, because generation's
-activations are freed the same way (measured on a tiny FLUX.1-dev layout at 512², fp32: a generation peak of
-~294 MiB above the start with the threshold kept, ~388 MiB when it was put back to 32 MiB after the load), and
-glibc cannot be told to return to its dynamic mode anyway. `malloc_tuning=False` (or QUANTKIT_MALLOC_TUNING=0)
-leaves glibc alone. Off glibc (macOS, musl, Windows) it does nothing.
+QUANTKIT_MALLOC_TUNING ("1" or "0"), else `DEFAULT`. It is applied by CPU loads only, and it holds for the process
+once applied (glibc cannot be told to return to its dynamic mode). `malloc_tuning=False` (or
+QUANTKIT_MALLOC_TUNING=0) leaves glibc alone. Off glibc (macOS, musl, Windows) it does nothing. Independently, the
+loader hands freed heap memory back once per component (`release_freed_memory`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 from contextlib import contextmanager
 
 ENV = "QUANTKIT_MALLOC_TUNING"
-DEFAULT = True  # on CPU: the lean peak is what the kit measures and teaches
+DEFAULT = True  # on CPU: the generation peak is what the kit measures and teaches (see above)
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 _TUNED = 1 << 20  # 1 MiB: every layer-sized block is its own mmap, returned to the OS when freed
 _LIBC = None

@@ -57,10 +57,9 @@ def load_pipeline(
         torch_dtype: dtype of the unquantized tensors (e.g. torch.bfloat16); None keeps the checkpoint's.
         device: "cpu" or "cuda[:N]"; default CUDA when available.
         progress: show progress bars.
-        malloc_tuning: on CPU, let glibc hand layer-sized blocks back to the OS while quantized components
-            stream in (a lower peak, a slower load; see `quantkit.load.allocator`). None = the environment
-            variable QUANTKIT_MALLOC_TUNING ("1"/"0"), else the default there. Once applied it holds for the
-            process (generation frees its activations the same way); False leaves glibc alone.
+        malloc_tuning: on CPU, fix glibc's mmap threshold at 1 MiB from this load on, for the process, so that
+            freed layer-sized blocks (generation's activations) go back to the OS (`quantkit.load.allocator`).
+            None = the environment variable QUANTKIT_MALLOC_TUNING ("1"/"0"), else on; False leaves glibc alone.
         offload: None, "model", "sequential" or "group": diffusers' offloading, enabled after the load (CUDA only;
             see `quantkit.load.offload`).
         lora: "fuse, then quantize": a LoRA file or folder, a (path, weight) pair, a LoRA state dict, or a list of
@@ -170,13 +169,15 @@ def _library_progress(enabled: bool):
     import diffusers.utils.logging as dl
     import transformers.utils.logging as tl
 
+    before = [(lib, lib.is_progress_bar_enabled()) for lib in (dl, tl)]
     dl.disable_progress_bar()
     tl.disable_progress_bar()
     try:
         yield
     finally:
-        dl.enable_progress_bar()
-        tl.enable_progress_bar()
+        for lib, enabled in before:  # as the caller had them: bars the caller turned off stay off
+            if enabled:
+                lib.enable_progress_bar()
 
 
 def _progress(items, enabled: bool, desc: str):
