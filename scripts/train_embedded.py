@@ -101,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="scenes: run the decoder stage on a folder trained before that stage existed",
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    from quantkit.models.scenes_train import SCENES_PRESETS
+
+    parser.add_argument(
+        "--preset",
+        choices=sorted(set(PRESETS) | set(SCENES_PRESETS)),
+        default="full",
+        help=f"v1: {', '.join(sorted(PRESETS))}; --pipeline scenes: {', '.join(sorted(SCENES_PRESETS))}",
+    )
     parser.add_argument("--smoke", action="store_true", help="same as --preset smoke, then reload and generate")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--n-images", type=int)

@@ -5,6 +5,7 @@ nothing here reads a shipped folder."""
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from quantkit.models import scene_scorer
@@ -38,3 +39,21 @@ def test_smoke_output_reloads_and_draws_64_px(tmp_path):
     image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
     scene_scorer.score_scene(image, "a red circle")  # scores any image without error
+
+
+def test_weighted_mse_counts_object_pixels_more():
+    import torch
+
+    from quantkit.models.training import weighted_mse
+
+    target = torch.full((1, 3, 8, 8), 0.8)  # light background
+    target[:, :, 2:4, 2:4] = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)  # a red object, 4 of 64 pixels
+    on_object = target.clone()
+    on_object[:, :, 2:4, 2:4] = 0.8  # the object lost
+    on_background = target.clone()
+    on_background[:, :, 5:7, 5:7] = -0.2  # an error on 4 background pixels
+    plain = torch.nn.functional.mse_loss
+    assert float(weighted_mse(on_object, target, 1.0)) == pytest.approx(float(plain(on_object, target)))
+    plain_ratio = float(plain(on_object, target)) / float(plain(on_background, target))
+    ratio = float(weighted_mse(on_object, target, 8.0)) / float(weighted_mse(on_background, target, 8.0))
+    assert ratio == pytest.approx(8.0 * plain_ratio)
