@@ -3,9 +3,9 @@ quantizer and flags on them, its save_pretrained -> from_pretrained round trip, 
 library's format, GGUF as a .gguf file, moves, and the CUDA-only paths refusing on CPU.
 
 Quality metric: PSNR (dB) of the same-seed image before and after the round trip (2 steps, 32x32, tiny random FLUX
-layout). Measured on the 2-core CPU machine (AVX512-BF16): quanto int8, torchao int8wo, bnb int8: identical
-images (inf); bnb nf4: 48.6 dB (bitsandbytes repacks 4-bit weights for its AVX512-BF16 kernel at the first forward
-and keeps the statistics in bf16 after that, so a save after a forward is not bit-identical); GGUF Q8_0: inf.
+layout). Measured on the 2-core CPU machine (AVX512-BF16): quanto int8, torchao int8wo, bnb int8 and bnb nf4:
+identical images (inf; nf4 was 48.6 dB before quantkit undid bitsandbytes' CPU layout itself, see
+`bitsandbytes_chunks.undo_cpu_layout`); GGUF Q8_0: inf.
 The tolerance is 40 dB for every backend: a folder that reloads with wrong or random weights gives < 15 dB.
 """
 
@@ -325,3 +325,33 @@ def test_plan_reads_a_folder_in_the_librarys_format(flux_dir, tmp_path):
     with pytest.raises(ValueError, match="is already quantized"):
         qk.plan(tmp_path / "saved", config("torchao-int8wo"), device="cpu")
     assert Path(tmp_path / "saved" / "model_index.json").is_file()
+
+
+def test_bnb_4bit_state_dict_after_a_cpu_forward_keeps_the_model_and_saves_it_right(tmp_path):
+    """bitsandbytes lays 4-bit weights out for its AVX512-BF16 kernel at the first CPU forward, and its own inverse
+    (run by state_dict / save) leaves the statistics of layers wider than 64 in the wrong order. The embedded
+    pipeline's layers are 128 wide: state_dict() and a save after an image must change neither the live model
+    nor what reloads (same image, bit for bit)."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    from tests.helpers import generate
+
+    config = PipelineQuantizationConfig(
+        quant_backend="bitsandbytes_4bit",
+        quant_kwargs={"bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "float32"},
+        components_to_quantize=["transformer"],
+    )
+    pipe = qk.load_pipeline(None, config, device="cpu", progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    before = generate(pipe, steps=3)
+    laid_out = [
+        m for m in pipe.transformer.modules() if getattr(getattr(m, "quant_state", None), "packing_format_for_cpu", 0)
+    ]
+    if has_avx512bf16():
+        assert laid_out, "this CPU has AVX512-BF16: the first forward should have laid the weights out"
+    pipe.transformer.state_dict()
+    assert psnr(generate(pipe, steps=3), before) == float("inf")
+    qk.save_pipeline(pipe, tmp_path / "saved")
+    reloaded = qk.load_pipeline(tmp_path / "saved", None, device="cpu", progress=False)
+    reloaded.set_progress_bar_config(disable=True)
+    assert psnr(generate(reloaded, steps=3), before) == float("inf")

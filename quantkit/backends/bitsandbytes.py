@@ -13,7 +13,14 @@ from typing import Any
 
 from . import register
 from .base import Backend, Option, Transient, dtype_name, to_torch_dtype
-from .bitsandbytes_chunks import CPU_BLOCK_N, pack_for_cpu_kernel, quantize_4bit, quantize_int8
+from .bitsandbytes_chunks import (
+    CPU_BLOCK_N,
+    guard_state_dicts,
+    pack_for_cpu_kernel,
+    quantize_4bit,
+    quantize_int8,
+    undo_cpu_layout,
+)
 
 _SKIP = Option(None, kind="list", aliases=("modules_to_not_convert",), doc="module names kept in full precision")
 BLOCKSIZE = 64  # bitsandbytes' default 4-bit block: one absmax per 64 weights
@@ -166,6 +173,7 @@ class BitsAndBytes4Bit(_BnB):
         _cpu_kernel_fix(new)
         if new.support_avx512bf16_for_cpu and new.out_features % CPU_BLOCK_N == 0:
             new.register_forward_pre_hook(pack_for_cpu_kernel)
+        guard_state_dicts(new)
         return new
 
     @classmethod
@@ -192,6 +200,7 @@ class BitsAndBytes4Bit(_BnB):
         if "bias" in tensors:
             new.bias = torch.nn.Parameter(tensors["bias"].to(device), requires_grad=False)
         _cpu_kernel_fix(new)
+        guard_state_dicts(new)
         return new
 
     @classmethod
@@ -201,24 +210,22 @@ class BitsAndBytes4Bit(_BnB):
     @classmethod
     def before_move(cls, model, device):
         """bitsandbytes repacks a 4-bit weight for its AVX512-BF16 CPU kernel at the first CPU forward, and only
-        `Params4bit.cuda()` undoes it; `model.to("cuda")` would carry the CPU layout over. Undo it before leaving."""
+        `Params4bit.cuda()` undoes it (with its statistics in the wrong order for layers wider than 64:
+        `undo_cpu_layout`); `model.to("cuda")` would carry the CPU layout over. Undo it before leaving."""
         import bitsandbytes as bnb
         import torch
 
         if torch.device(device).type == "cpu":
             return
-        from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
-
         for layer in model.modules():
-            weight = getattr(layer, "weight", None) if isinstance(layer, bnb.nn.Linear4bit) else None
-            if weight is not None and getattr(weight.quant_state, "packing_format_for_cpu", False):
-                data, state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
-                weight.data, weight.quant_state, layer.quant_state = data, state, state
+            if isinstance(layer, bnb.nn.Linear4bit):
+                undo_cpu_layout(layer)
 
     @classmethod
     def after_move(cls, model):
         import bitsandbytes as bnb
 
+        guard_state_dicts(model)
         for layer in model.modules():
             if isinstance(layer, bnb.nn.Linear4bit) and layer.weight.quant_state is not None:
                 layer.weight.quant_state.to(layer.weight.device)  # in place: the statistics follow the weight

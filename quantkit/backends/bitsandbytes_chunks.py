@@ -155,6 +155,9 @@ def _cpu_layout(qweight, state):
         )
         torch.bitwise_left_shift(ls[:, 32:], 4, out=block.view(-1, 32)).bitwise_or_(ls[:, :32])
     if state.nested:
+        # kept (1 byte per 64 weights and a small state): `undo_cpu_layout` puts them back exactly, where
+        # bitsandbytes' inverse quantizes the bfloat16 copy again (a slightly different model after a save)
+        state.quantkit_nested = (state.absmax, state.offset, state.state2)
         absmax = F.dequantize_blockwise(state.absmax, state.state2)
         absmax += state.offset
         if absmax.dtype != torch.float32:
@@ -205,3 +208,48 @@ def quantize_int8(w):
         fs.mul_((127.0 / stats).unsqueeze(-1)).round_()  # round(A * (127.0 / row_stats))
         CB[i : i + r].copy_(fs)
     return CB, SCB
+
+
+def undo_cpu_layout(layer) -> None:
+    """Undo the AVX512-BF16 CPU layout of a Linear4bit in place (after a CPU forward made it), with the
+    statistics back in their own order.
+
+    bitsandbytes' inverse (`_convert_weight_packed_for_cpu_inverse`, which its `_save_to_state_dict` and
+    `Params4bit.cuda()` call) leaves a non-nested absmax transposed: (in_features / 64, out_features) where the
+    kernels read out_features x (in_features / 64) in row order. For layers 64 wide the two orders agree; for wider
+    ones every block gets another block's scale. Measured on the embedded pipeline (NF4 transformer, 128-wide
+    layers): after one image, `pipe.transformer.state_dict()` left the live model drawing an image 11.9 dB from
+    the one before, and the saved folder reloaded to the same wrong image. Here the absmax is put back in row
+    order (float32, as quantization made it; its values keep the bfloat16 rounding the layout applied), and nested
+    statistics are the ones quantization made, kept aside by `pack_for_cpu_kernel`."""
+    import torch
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    weight = getattr(layer, "weight", None)
+    state = getattr(weight, "quant_state", None)
+    if state is None or not getattr(state, "packing_format_for_cpu", False):
+        return
+    nested, kept = state.original_nested, getattr(state, "quantkit_nested", None)
+    data, state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+    if kept is not None:  # laid out by `pack_for_cpu_kernel`: the nested statistics exactly as quantized
+        state.absmax, state.offset, state.state2 = kept
+        del state.quantkit_nested
+    elif not nested:  # a nested absmax is re-quantized from absmax.T, in the right order, by bitsandbytes
+        state.absmax = state.absmax.T.contiguous().reshape(-1).to(torch.float32)
+    weight.data, weight.quant_state, layer.quant_state = data, state, state
+
+
+def unpack_before_state_dict(module, prefix, keep_vars) -> None:
+    """State-dict pre-hook of a Linear4bit: `undo_cpu_layout` before bitsandbytes' own `_save_to_state_dict`
+    reads the layer (the next CPU forward lays it out again, through `pack_for_cpu_kernel` or bitsandbytes)."""
+    undo_cpu_layout(module)
+
+
+def guard_state_dicts(model) -> None:
+    """`unpack_before_state_dict` on every Linear4bit of `model` that lacks it (layers diffusers built too)."""
+    import bitsandbytes as bnb
+
+    for layer in model.modules():
+        if isinstance(layer, bnb.nn.Linear4bit) and not getattr(layer, "_quantkit_state_dict_guard", False):
+            layer.register_state_dict_pre_hook(unpack_before_state_dict)
+            layer._quantkit_state_dict_guard = True
