@@ -487,6 +487,11 @@ class Backend:
         return True
 
     @classmethod
+    def prepare_lora_merge(cls, layer) -> None:
+        """Put a quantized `layer` in the form peft's merge reads, before a LoRA is merged into it (e.g. undo a
+        CPU-only weight layout); nothing by default."""
+
+    @classmethod
     def set_lora_weight(cls, layer, weight) -> None:
         """Quantize `weight` (full precision, the layer's shape) back into `layer`, in place."""
         raise NotImplementedError

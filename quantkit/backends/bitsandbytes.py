@@ -208,6 +208,11 @@ class BitsAndBytes4Bit(_BnB):
         return {} if any(k.startswith("weight.quant_state.") for k in tensors) else None
 
     @classmethod
+    def prepare_lora_merge(cls, layer):
+        """peft's 4-bit merge dequantizes `weight.data` with its quant state: undo the CPU kernel's layout first."""
+        undo_cpu_layout(layer)
+
+    @classmethod
     def before_move(cls, model, device):
         """bitsandbytes repacks a 4-bit weight for its AVX512-BF16 CPU kernel at the first CPU forward, and only
         `Params4bit.cuda()` undoes it (with its statistics in the wrong order for layers wider than 64:

@@ -55,6 +55,7 @@ def enable_quantized_merge(model, adapter) -> None:
             base = module.get_base_layer()
             if not names:
                 continue
+            adapter.prepare_lora_merge(base)
             if "_quantkit_unmerged" not in module.__dict__ and adapter.lora_restorable(base):
                 module.__dict__["_quantkit_unmerged"] = base.weight  # in __dict__: no parameter, no state_dict entry
                 module.unmerge = types.MethodType(_unmerge, module)  # diffusers' unfuse_lora calls it per layer
