@@ -420,6 +420,7 @@ def _verbs(sub) -> None:
     p.add_argument("--height", type=whole_number(1, 65536), default=1024, metavar="PX", help="(default: 1024)")
     p.add_argument("--width", type=whole_number(1, 65536), metavar="PX", help="(default: the height)")
     p.add_argument("--num-images", type=whole_number(1, 64), default=1, metavar="N", help="(default: 1)")
+    p.add_argument("--host-memory", metavar="SIZE", help="the machine's RAM, e.g. 12GiB on a free Colab (checked too)")
     p.add_argument("--top", type=whole_number(1), metavar="N", help="print only the first N candidates")
     p.add_argument("--json", action="store_true", help="print the candidates as JSON")
 

@@ -85,6 +85,7 @@ def fit_command(args) -> int:
         height=args.height,
         width=args.width or args.height,
         num_images=args.num_images,
+        host_memory=args.host_memory,
     )
     if args.top:
         frame = frame.head(args.top)

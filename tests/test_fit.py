@@ -28,7 +28,7 @@ def test_frame_is_sorted_fits_first(t4_frame):
         "peak_bytes",
         "fits",
         "margin_bytes",
-        "slowdown",
+        "host_bytes",
     ]
     fitting = t4_frame[t4_frame["fits"]]
     assert (fitting["margin_bytes"] >= 0).all() and (t4_frame[~t4_frame["fits"]]["margin_bytes"] < 0).any()
@@ -51,6 +51,20 @@ def test_t4_has_no_int4_tinygemm(t4_frame):
 def test_an_h100_fits_bf16_without_offload():
     frame = fit(FLUX, gpu="H100", offload=(None,))
     assert frame.iloc[0]["candidate"] == "bf16" and frame.iloc[0]["fits"]
+
+
+def test_host_ram_is_sized_and_can_rule_a_candidate_out():
+    """A free Colab has a T4 and ~12 GiB of RAM. With model offload every weight lives in host RAM between uses:
+    NF4 on both big components fits the card (~6.9 GiB predicted) but needs ~12.8 GiB of RAM."""
+    name = "bitsandbytes_4bit nf4 (both) + model offload"
+    checked = fit(FLUX, gpu="T4", offload=("model",), host_memory="12GiB").set_index("candidate")
+    unchecked = fit(FLUX, gpu="T4", offload=("model",)).set_index("candidate")
+    assert unchecked.loc[name, "fits"] and unchecked.loc[name, "peak_bytes"] < 8 * 2**30  # the card alone
+    assert unchecked.loc[name, "host_bytes"] > 12 * 2**30
+    assert not checked.loc[name, "fits"] and "host RAM" in checked.loc[name, "problem"]
+    assert checked.attrs["host_budget_bytes"] == 12 * 2**30 and unchecked.attrs["host_budget_bytes"] is None
+    assert (checked[checked["fits"]]["host_bytes"] <= 12 * 2**30).all() and checked["fits"].any()
+    assert (checked["host_bytes"] == unchecked.loc[checked.index, "host_bytes"]).all()
 
 
 def test_memory_budget_instead_of_a_gpu():

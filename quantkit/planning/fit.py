@@ -173,6 +173,7 @@ def fit(
     sizer=None,
     device: str = "cuda",
     max_sequence_length: int | None = None,
+    host_memory: str | int | None = None,
 ):
     """Predict, for each candidate configuration, whether it fits the GPU, and sort them.
 
@@ -186,12 +187,15 @@ def fit(
         sizer: candidate -> list[ComponentSizes]; None = `MetaSizer(source, device=device)`. Wire a plan in
             with e.g. `lambda c: sizes_from_plan(plan(source, c.config, device=device))`.
         device: "cuda" (default) or "cpu".
+        host_memory: the machine's RAM ("12GiB" on a free Colab): a candidate fits only if the host memory its
+            load and run need (`host_bytes`: weights read while loading, offloaded weights while generating) fits
+            too. None: not checked (the column is there either way).
 
     Returns:
         A DataFrame (its `_repr_html_` is a styled table) sorted fits first, then quality, slowdown and peak, with
         columns candidate, backend, bits, components, offload, static_bytes, peak_bytes, fits, margin_bytes,
-        slowdown, peak_phase, problem (why a backend cannot run on that GPU); `.attrs` holds the GPU and the
-        memory budget (bytes).
+        host_bytes, slowdown, peak_phase, problem (why a backend cannot run on that GPU, or the host RAM it lacks);
+        `.attrs` holds the GPU and the memory budgets (bytes).
 
     Raises:
         ValueError: neither or both of gpu/memory, an unknown gpu name, an unreadable memory string.
@@ -203,6 +207,7 @@ def fit(
         )
     card = resolve_gpu(gpu) if gpu is not None else None
     budget = card.usable_bytes if card is not None else parse_memory(memory)
+    host_budget = parse_memory(host_memory) if host_memory is not None else None
     for mode in offload:
         if mode not in OFFLOAD_MODES:
             raise ValueError(f"offload mode {mode!r} is not one of {one_of([str(m) for m in OFFLOAD_MODES])}.")
@@ -231,6 +236,9 @@ def fit(
             pipeline_class=pipeline_class,
             max_sequence_length=max_sequence_length,
         )
+        host = max(est.host_load, est.host_run)
+        if not problem and host_budget is not None and host > host_budget:
+            problem = f"needs {host / GIB:.1f} GiB of host RAM ({host_budget / GIB:.1f} GiB given)"
         rows.append(
             {
                 "candidate": cand.name,
@@ -242,6 +250,7 @@ def fit(
                 "peak_bytes": est.peak,
                 "fits": est.peak <= budget and not problem,
                 "margin_bytes": budget - est.peak,
+                "host_bytes": host,
                 "slowdown": slowdown_class(cand, sizes, device),
                 "peak_phase": est.phase,
                 "problem": problem,
@@ -250,7 +259,9 @@ def fit(
                 "_speed": time_factor(cand, sizes),
             }
         )
-    return _frame(rows, budget, card)
+    frame = _frame(rows, budget, card)
+    frame.attrs["host_budget_bytes"] = host_budget
+    return frame
 
 
 def _problem(cand: Candidate, card: GPU | None) -> str:
@@ -292,7 +303,10 @@ def _fit_frame_class():
 
             def styled(self):
                 """A pandas Styler: bytes as GiB, fitting rows green, the others red."""
-                gib = {c: (lambda v: f"{v / GIB:.1f} GiB") for c in ("static_bytes", "peak_bytes", "margin_bytes")}
+                gib = {
+                    c: (lambda v: f"{v / GIB:.1f} GiB")
+                    for c in ("static_bytes", "peak_bytes", "margin_bytes", "host_bytes")
+                }
                 budget = self.attrs.get("budget_bytes")
                 caption = f"usable memory {budget / GIB:.2f} GiB" + (
                     f" ({self.attrs['gpu']})" if self.attrs.get("gpu") else ""
@@ -323,12 +337,14 @@ def _fit_frame_class():
                         r.candidate,
                         f"{r.static_bytes / GIB:.1f}",
                         f"{r.peak_bytes / GIB:.1f}",
+                        f"{r.host_bytes / GIB:.1f}",
                         "yes" if r.fits else "no",
                         r.problem or r.slowdown,
                     ]
                     for r in self.itertuples()
                 ]
-                headers = ["candidate", "static GiB", "predicted peak GiB", "fits", "slowdown / problem"]
+                headers = ["candidate", "static GiB", "predicted peak GiB", "host RAM GiB", "fits"]
+                headers.append("slowdown / problem")
                 return head + "\n" + text_table(headers, rows)
 
         _CLASS = FitFrame

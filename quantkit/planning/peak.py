@@ -386,7 +386,10 @@ def predict_peak(
         notes.append("CPU: device and host memory are the same RAM; the peak is the RSS a run adds")
     else:
         offloaded = sum(everything.values()) if offload else 0
-        host_load = host_base + max(largest_plain, largest_tensor) + offloaded
+        # loading passes one component's file pages (from_pretrained) or one tensor (the streaming loader) through
+        # the host; offloaded, those pages are the weights that stay there, already counted in `offloaded`
+        passing = largest_tensor if offload else max(largest_plain, largest_tensor)
+        host_load = host_base + passing + offloaded
         host_run = host_base + offloaded
         if offload == "group":
             notes.append("group offload pins host memory: CUDA's pinned-memory allocator may round blocks up")
