@@ -145,6 +145,8 @@ def test_a_comparison_without_out_leaves_no_folder_behind(flux_dir, tmp_path):
         "print(r.folder, len(r.records))"
     )
     root = Path(__file__).resolve().parent.parent
+    tmp_path = tmp_path / ("deep" * 20)  # too long for the fork server's socket (runner._short_socket_dir)
+    tmp_path.mkdir()
     env = {**os.environ, "PYTHONPATH": str(root), "TMPDIR": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-c", code, str(flux_dir)], capture_output=True, text=True, env=env, timeout=300
@@ -153,3 +155,22 @@ def test_a_comparison_without_out_leaves_no_folder_behind(flux_dir, tmp_path):
     folder, n = done.stdout.split()[-2:]
     assert n == "1" and Path(folder).parent == tmp_path  # the results were there while the process ran
     assert not Path(folder).exists()  # and went with it (pass out= to keep them)
+    assert "spawn' instead" not in done.stderr  # the fork server started, with its socket in a short folder
+
+
+def test_a_fork_server_that_cannot_bind_its_socket_falls_back_to_spawn_and_says_why(monkeypatch):
+    from multiprocessing import forkserver
+
+    from quantkit.comparison import runner
+
+    def too_long():
+        raise OSError("AF_UNIX path too long")
+
+    monkeypatch.setattr(runner, "_short_socket_dir", lambda: None)
+    monkeypatch.setattr(forkserver, "ensure_running", too_long)
+    with pytest.warns(RuntimeWarning, match=r"TMPDIR .* too long .* 'spawn' instead"):
+        ctx = runner.context(None, "cpu")
+    assert ctx.get_start_method() == "spawn"
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):  # any other error is not swallowed
+        runner.context(None, "cpu")

@@ -14,8 +14,10 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,11 +84,45 @@ def context(start_method: str | None, device: str):
             if added:
                 os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
             try:
+                _short_socket_dir()
                 forkserver.ensure_running()
+            except OSError as error:
+                if "AF_UNIX path too long" not in str(error):
+                    raise
+                # Python < 3.13 puts the server's socket under TMPDIR, and a socket path has ~107 bytes at most
+                warnings.warn(
+                    f"multiprocessing cannot start its fork server: TMPDIR ({tempfile.gettempdir()}) is too long "
+                    "for a socket path. Workers start with 'spawn' instead (each imports the stack itself, a few "
+                    "seconds more per variant); a shorter TMPDIR brings the fork server back.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return mp.get_context("spawn")
             finally:
                 if added:
                     del os.environ["OMP_WAIT_POLICY"]
     return ctx
+
+
+SOCKET_PATH_MAX = 100  # a Unix socket path has 108 bytes on Linux (104 on macOS), with room to spare
+
+
+def _short_socket_dir() -> None:
+    """Give multiprocessing a short folder for its sockets when TMPDIR is too long for one.
+
+    Python < 3.13 creates the fork server's socket as TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX, and binding a
+    longer path than ~107 bytes fails ("AF_UNIX path too long") — a deep TMPDIR such as a test runner's or CI's
+    does that. As Python 3.13 does itself, the folder then goes under /tmp (removed at exit like multiprocessing's
+    own); the rest of the run keeps TMPDIR."""
+    from multiprocessing import process, util
+
+    config = process.current_process()._config
+    current = config.get("tempdir") or os.path.join(tempfile.gettempdir(), "pymp-xxxxxxxx")
+    if len(os.path.join(current, "listener-xxxxxxxx")) <= SOCKET_PATH_MAX or not os.access("/tmp", os.W_OK):
+        return
+    folder = tempfile.mkdtemp(prefix="pymp-", dir="/tmp")
+    util.Finalize(None, shutil.rmtree, args=[folder], exitpriority=-100)
+    config["tempdir"] = folder
 
 
 @contextmanager
