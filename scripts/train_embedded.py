@@ -7,6 +7,7 @@
     python scripts/train_embedded.py --pipeline scenes --smoke                  # v2, seconds
     python scripts/train_embedded.py --pipeline scenes --out quantkit/embedded/tiny-flux-scenes   # v2's shipped run
     python scripts/train_embedded.py --pipeline scenes --evaluate-only --out quantkit/embedded/tiny-flux-scenes
+    python scripts/train_embedded.py --pipeline scenes --continue-flow 1500 --out DIR   # v2: more flow steps, same VAE
 
 Each stage prints its wall time; `<out>/training_report.json` records config, timings, losses, held-out
 adherence and seconds per image. What is trained and how: quantkit/models/train.py (v1),
@@ -38,9 +39,15 @@ def scenes_main(args) -> int:
     from quantkit.models.scenes_eval import evaluate_scenes_folder
     from quantkit.models.scenes_train import scenes_config, train_scenes
 
-    if args.evaluate_only or args.continue_decoder:
+    if args.evaluate_only or args.continue_decoder or args.continue_flow:
         if args.out is None:
-            raise SystemExit("--evaluate-only / --continue-decoder need --out (a folder written by this script)")
+            raise SystemExit(
+                "--evaluate-only / --continue-decoder / --continue-flow need --out (a folder written by this script)"
+            )
+        if args.continue_flow:
+            from quantkit.models.scenes_train import continue_flow
+
+            continue_flow(args.out, args.continue_flow, log=log)
         if args.continue_decoder:
             from quantkit.models.scenes_train import continue_with_decoder
 
@@ -100,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         "--continue-decoder",
         action="store_true",
         help="scenes: run the decoder stage on a folder trained before that stage existed",
+    )
+    parser.add_argument(
+        "--continue-flow",
+        type=int,
+        metavar="STEPS",
+        help="scenes: train the transformer and text encoders of --out for STEPS more steps (the VAE is kept)",
     )
     from quantkit.models.scenes_train import SCENES_PRESETS
 

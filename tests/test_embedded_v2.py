@@ -40,6 +40,21 @@ def test_smoke_output_reloads_and_draws_64_px(tmp_path):
     assert image.size == (64, 64)
     scene_scorer.score_scene(image, "a red circle")  # scores any image without error
 
+    from quantkit.models.scenes_train import continue_flow
+
+    vae_before = (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    transformer_before = (out / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
+    report = continue_flow(out, 2, log=lambda message: None)
+    assert [r["steps"] for r in report["flow_continuations"]] == [2]
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == vae_before  # the VAE is kept
+    assert (out / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() != transformer_before
+    again = DiffusionPipeline.from_pretrained(out)
+    apply_generation_defaults(again, read_generation_defaults(out))
+    again.set_progress_bar_config(disable=True)
+    assert again("a red circle", num_inference_steps=2).images[0].size == (64, 64)
+    with pytest.raises(ValueError, match="whole number >= 1"):
+        continue_flow(out, 0)
+
 
 def test_weighted_mse_counts_object_pixels_more():
     import torch

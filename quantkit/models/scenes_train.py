@@ -217,6 +217,47 @@ def continue_with_decoder(out: str | Path, log=print) -> dict:
     return report
 
 
+def continue_flow(out: str | Path, steps: int, lr: float | None = None, log=print) -> dict:
+    """Train the transformer and text encoders of a folder saved by `train_scenes` for `steps` more flow steps
+    (same data and config; a fresh optimizer with a short warm-up, seeds moved on so the draws differ; `lr`
+    default: half the config's), keeping its VAE, and save the pipeline and report back. The VAE stage (the
+    longer one) is not repeated.
+
+    Raises:
+        ValueError: steps < 1.
+    """
+    import os
+
+    from diffusers import DiffusionPipeline
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}.")
+    out = Path(out)
+    report = json.loads((out / "training_report.json").read_text())
+    config = ScenesConfig(**{**asdict(ScenesConfig()), **report["config"]})
+    rounds = report.setdefault("flow_continuations", [])
+    rate = lr if lr is not None else config.lr / 2
+    more = replace(
+        config,
+        transformer_steps=steps,
+        warmup_steps=min(50, max(1, steps // 10)),
+        lr=rate,
+        text_lr=rate,
+        seed=config.seed + 1000 * (len(rounds) + 1),
+    )
+    images, prompts = scenes.sample_dataset(config.n_images, seed=config.seed)
+    pipe = DiffusionPipeline.from_pretrained(out)
+    start = time.perf_counter()
+    latents = encode_latents(pipe.vae, images)
+    result = train_flow(pipe, latents, prompts, more, SCENES_TEXT_LENGTH, train_text_encoders=True, log=log)
+    seconds = time.perf_counter() - start
+    log(f"flow continuation: {steps} steps, {seconds:.0f} s")
+    rounds.append({"steps": steps, "lr": rate, "seconds": seconds, "load_average_end": os.getloadavg(), **result})
+    pipe.save_pretrained(out, safe_serialization=True)
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def train_scenes(out: str | Path, config: ScenesConfig, log=print) -> dict:
     """Build, train (VAE, then transformer + text encoders) and save the v2 pipeline to `out` (fp32 safetensors).
 
