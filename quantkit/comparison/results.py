@@ -7,32 +7,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .settings import RECORD_FIELDS
 from .store import IMAGES_DIR, META_FILE, RESULTS_FILE, SENSITIVITY_DIR, read_records
 
-FRAME_COLUMNS = [
-    "status",
-    "quantization",
-    "bytes",
-    "bits_per_weight",
-    "load_s",
-    "latency_s",
-    "peak_load_rss",
-    "peak_gen_rss",
-    "rss_start",
-    "peak_load_cuda_allocated",
-    "peak_load_cuda_reserved",
-    "peak_gen_cuda_allocated",
-    "peak_gen_cuda_reserved",
-    "psnr",
-    "psnr_min",
-    "ssim",
-    "ssim_min",
-    "lpips",
-    "clip_score",
-    "adherence",
-    "identical",
-    "error",
-]
+# the frame's columns: the record's measurements, one row per variant (the index), the error last
+_NOT_IN_FRAME = {"variant", "config", "error", "error_type", "latency_samples_s", "component_bytes", "notes"}
+_NOT_IN_FRAME |= {"offload", "compile"}  # in the variant's label
+FRAME_COLUMNS = [f for f in RECORD_FIELDS if f not in _NOT_IN_FRAME] + ["error"]
 
 
 @dataclass
