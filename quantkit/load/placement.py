@@ -58,13 +58,6 @@ class Placement:
             out[name] = int(device.partition(":")[2] or 0) if device.startswith("cuda") else device
         return out
 
-    def table(self) -> str:
-        """One line per component: device and true bytes."""
-        lines = [f"{'component':<16} {'device':<8} bytes"]
-        for name, device in self.devices.items():
-            lines.append(f"{name:<16} {device:<8} {human_bytes(self.sizes.get(name, 0))}")
-        return "\n".join(lines)
-
 
 def check_device_map(device_map, *, device=None, offload=None, max_memory=None) -> None:
     """The checks on `device_map` and `max_memory` that need no plan: types, spelling, conflicts.
