@@ -26,6 +26,11 @@ OpenMP's spinning threads otherwise turn other processes' load into 10-25x slowe
 diffusers' quanto int8 load 12-25 s spinning, 1.5 s passive, at load average 4-5 on 2 cores). Not a test:
 read the ratios of one run, never a single timing.
 
+Two floors run on CPU beside them (not loaders): "floor-read" reads every weight byte of the two quantized
+components once from a memory map, "floor-absmax" also computes each row's float32 absmax (the first pass of
+every int8/int4 quantizer). Their load/none ratios say how far below its unquantized (lazily mapped) load a
+load that quantizes can get at all.
+
 CPU targets: load time <= 1.2x diffusers' own path (quanto int8, torchao int8wo) and <= 1.5x quantkit's
 unquantized load; peak (load + one image) <= 0.65x the unquantized pipeline's for 8-bit, <= 0.5x for 4-bit.
 CUDA targets: load time <= 1.0x diffusers' own; peak allocated during the load <= bytes left after the load
@@ -61,7 +66,11 @@ VARIANTS = {
     "diffusers-torchao-int8wo": ("torchao", {"quant_type": "int8wo"}),
     "quantkit-gguf-Q8_0": ("gguf", {"quant_type": "Q8_0", "compute_dtype": "bfloat16"}),
     "quantkit-gguf-Q4_0": ("gguf", {"quant_type": "Q4_0", "compute_dtype": "bfloat16"}),
+    # floors, not loaders: what any loader that quantizes at load time must spend on the same files, at least
+    "floor-read": None,  # every weight byte of the quantized components read once (an integer max per tensor)
+    "floor-absmax": None,  # ... and each row's absmax in float32, the first pass of every int8/int4 quantizer
 }
+FLOORS = {"floor-read", "floor-absmax"}
 CUDA_ONLY = {"diffusers-bnb-nf4", "diffusers-bnb-int8"}  # diffusers' bitsandbytes quantizer: "No GPU found"
 COMPONENTS = ["transformer", "text_encoder_2"]
 
@@ -174,6 +183,39 @@ def _largest_layer_bytes(pipe) -> int:
     return largest
 
 
+def _floor(kind: str, folder: str) -> None:
+    """Read every tensor of the quantized components' files from a memory map (page cache, as the loads do):
+    a max over its bytes ("floor-read"), or the per-row float32 absmax ("floor-absmax"), in row chunks
+    of ~4M elements, with torch's threads."""
+    import mmap
+    import struct
+
+    import torch
+
+    for component in COMPONENTS:
+        for path in sorted((Path(folder) / component).glob("*.safetensors")):
+            with open(path, "rb") as fh:
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+            (n,) = struct.unpack("<Q", mapped[:8])
+            header = json.loads(mapped[8 : 8 + n])
+            data = torch.frombuffer(mapped, dtype=torch.uint8)[8 + n :]
+            dtypes = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+            for key, info in header.items():
+                if key == "__metadata__" or info["dtype"] not in dtypes:
+                    continue
+                begin, end = info["data_offsets"]
+                shape = info["shape"]
+                if kind == "floor-read" or len(shape) != 2:
+                    data[begin:end].max()
+                    continue
+                t = data[begin:end].view(dtypes[info["dtype"]]).reshape(shape)
+                rows = max(1, (1 << 22) // shape[1])
+                for i in range(0, shape[0], rows):
+                    t[i : i + rows].float().abs_().amax(dim=1)
+            del data
+            mapped.close()
+
+
 def worker(name: str, folder: str, device: str) -> dict:
     """Runs in a fresh process: imports, baseline, load + one image, peaks above the baseline."""
     _imports()
@@ -196,6 +238,22 @@ def worker(name: str, folder: str, device: str) -> dict:
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     cpu = _cpu_s()
     start = time.perf_counter()
+    if name.split("+")[0] in FLOORS:
+        _floor(name.split("+")[0], folder)
+        load_s, load_cpu_s = time.perf_counter() - start, _cpu_s() - cpu
+        peak = _rss("VmHWM") - baseline
+        return {
+            "variant": name,
+            "load_s": load_s,
+            "load_cpu_s": load_cpu_s,
+            "peak_load": peak,
+            "peak": peak,
+            "gen_s": 0.0,
+            "bytes": 0,
+            "loadavg": loadavg,
+            "baseline_rss": baseline,
+            "threads": torch.get_num_threads(),
+        }
     if name.startswith("diffusers"):
         pipe = _diffusers_load(spec, folder, device)
         apply_generation_defaults(pipe, read_generation_defaults(folder))
@@ -384,7 +442,8 @@ def main(argv=None) -> None:
     if args.prepare is not None:
         prepare(str(args.cache), args.prepare, args.device)
         return
-    names = args.only or [n for n in VARIANTS if args.device != "cpu" or n not in CUDA_ONLY]
+    skip = FLOORS if args.device != "cpu" else CUDA_ONLY
+    names = args.only or [n for n in VARIANTS if n not in skip]
     unknown = [n for n in names if n.split("+")[0] not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)} (optionally +KEY=VALUE)")

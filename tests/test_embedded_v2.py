@@ -32,7 +32,9 @@ def test_smoke_output_reloads_and_draws_64_px(tmp_path):
     from quantkit.models.defaults import apply_generation_defaults, read_generation_defaults
 
     out = tmp_path / "smoke"
-    train_scenes(out, SCENES_PRESETS["smoke"], log=lambda message: None)
+    threads = torch.get_num_threads()
+    report = train_scenes(out, replace(SCENES_PRESETS["smoke"], flow_threads=1), log=lambda message: None)
+    assert report["config"]["flow_threads"] == 1 and torch.get_num_threads() == threads  # restored after the flow
     pipe = DiffusionPipeline.from_pretrained(out)
     apply_generation_defaults(pipe, read_generation_defaults(out))
     pipe.set_progress_bar_config(disable=True)
