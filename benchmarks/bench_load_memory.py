@@ -26,10 +26,11 @@ OpenMP's spinning threads otherwise turn other processes' load into 10-25x slowe
 diffusers' quanto int8 load 12-25 s spinning, 1.5 s passive, at load average 4-5 on 2 cores). Not a test:
 read the ratios of one run, never a single timing.
 
-Two floors run on CPU beside them (not loaders): "floor-read" reads every weight byte of the two quantized
+Three floors run on CPU beside them (not loaders): "floor-read" reads every weight byte of the two quantized
 components once from a memory map, "floor-absmax" also computes each row's float32 absmax (the first pass of
-every int8/int4 quantizer). Their load/none ratios say how far below its unquantized (lazily mapped) load a
-load that quantizes can get at all.
+every int8/int4 quantizer), "floor-int8" a whole per-row int8 quantization into one int8 tensor per weight (what
+quanto int8 and torchao int8wo compute, and nothing else: no modules, no other components). Their ratios to
+quantkit-none say what part of the unquantized (lazily mapped) load's time the quantization alone costs.
 
 CPU targets: load time <= 1.2x diffusers' own path (quanto int8, torchao int8wo) and <= 1.5x quantkit's
 unquantized load; peak (load + one image) <= 0.65x the unquantized pipeline's for 8-bit, <= 0.5x for 4-bit.
@@ -69,8 +70,9 @@ VARIANTS = {
     # floors, not loaders: what any loader that quantizes at load time must spend on the same files, at least
     "floor-read": None,  # every weight byte of the quantized components read once (an integer max per tensor)
     "floor-absmax": None,  # ... and each row's absmax in float32, the first pass of every int8/int4 quantizer
+    "floor-int8": None,  # ... and the rest of per-row int8: scale, divide, round, clamp, into one int8 tensor
 }
-FLOORS = {"floor-read", "floor-absmax"}
+FLOORS = {"floor-read", "floor-absmax", "floor-int8"}
 CUDA_ONLY = {"diffusers-bnb-nf4", "diffusers-bnb-int8"}  # diffusers' bitsandbytes quantizer: "No GPU found"
 COMPONENTS = ["transformer", "text_encoder_2"]
 
@@ -210,8 +212,12 @@ def _floor(kind: str, folder: str) -> None:
                     continue
                 t = data[begin:end].view(dtypes[info["dtype"]]).reshape(shape)
                 rows = max(1, (1 << 22) // shape[1])
+                out = torch.empty(shape, dtype=torch.int8) if kind == "floor-int8" else None
                 for i in range(0, shape[0], rows):
-                    t[i : i + rows].float().abs_().amax(dim=1)
+                    chunk = t[i : i + rows].float()
+                    scale = chunk.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12) / 127
+                    if out is not None:
+                        out[i : i + rows] = chunk.div_(scale).round_().clamp_(-127, 127)
             del data
             mapped.close()
 
