@@ -53,7 +53,7 @@ def scenes_main(args) -> int:
 
             continue_with_decoder(args.out, log=log)
         if not args.no_evaluate:
-            evaluate_scenes_folder(args.out, log=log)
+            evaluate_scenes_folder(args.out, choose_defaults=args.compare, log=log)
         return 0
     preset = "smoke" if args.smoke else args.preset
     config = scenes_config(
