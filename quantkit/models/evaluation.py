@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,18 @@ import torch
 from quantkit.models import shapes
 from quantkit.models.defaults import apply_generation_defaults, write_generation_defaults
 from quantkit.models.tiny import nonconforming_linears
+
+
+@contextmanager
+def torch_threads(count: int | None):
+    """torch's intra-op threads set to `count` inside the block (None or 0: unchanged), restored after."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()
@@ -146,11 +159,10 @@ def evaluate_and_document(
     table, summary = evaluate(loaded, config["eval_pairs"], seed=0)
     report["heldout_bf16"] = summary
     report["seconds_per_image_bf16"] = seconds_per_image(loaded)
-    report["torch_threads"] = threads = torch.get_num_threads()
+    report["torch_threads"] = torch.get_num_threads()
     # One thread as well: on a shared 2-core machine it is the number least disturbed by other processes.
-    torch.set_num_threads(1)
-    report["seconds_per_image_bf16_1_thread"] = seconds_per_image(loaded)
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        report["seconds_per_image_bf16_1_thread"] = seconds_per_image(loaded)
     timings["evaluate"] = time.perf_counter() - start
     report["size_bytes"] = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
     log(

@@ -18,7 +18,7 @@ import torch
 
 from quantkit.models import scene_scorer, scenes
 from quantkit.models.defaults import apply_generation_defaults, write_generation_defaults
-from quantkit.models.evaluation import generate, seconds_per_image
+from quantkit.models.evaluation import generate, seconds_per_image, torch_threads
 from quantkit.models.tiny import nonconforming_linears
 
 # Held-out test pairs per prompt form (about 2 minutes on 2 cores at the defaults).
@@ -141,10 +141,8 @@ def evaluate_scenes_folder(
         form: float(part["prompt_in_training"].mean()) for form, part in table.groupby("form")
     }
     report["seconds_per_image"] = seconds_per_image(pipe)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    report["seconds_per_image_1_thread"] = seconds_per_image(pipe)
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        report["seconds_per_image_1_thread"] = seconds_per_image(pipe)
     report["seconds_per_image_bf16"] = seconds_per_image(pipe.to(torch.bfloat16))
     pipe.to(torch.float32)
     report["size_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

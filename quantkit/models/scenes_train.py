@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import torch
 
 from quantkit.models import scenes
 from quantkit.models.defaults import write_generation_defaults
+from quantkit.models.evaluation import torch_threads
 from quantkit.models.tiny import build_clip_text_model, build_clip_tokenizer, build_t5_encoder, build_t5_tokenizer
 from quantkit.models.training import encode_latents, finetune_decoder, train_flow, train_vae
 
@@ -140,18 +140,6 @@ def scenes_config(preset: str, **overrides) -> ScenesConfig:
     if preset not in SCENES_PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(SCENES_PRESETS)}.")
     return replace(SCENES_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
-
-
-@contextmanager
-def _threads(count: int | None):
-    """torch's intra-op threads set to `count` inside the block (None: unchanged), restored after."""
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def build_scenes_pipeline(seed: int = 0):
@@ -270,7 +258,7 @@ def continue_flow(out: str | Path, steps: int, lr: float | None = None, log=prin
     pipe = DiffusionPipeline.from_pretrained(out)
     start = time.perf_counter()
     latents = encode_latents(pipe.vae, images)
-    with _threads(config.flow_threads):
+    with torch_threads(config.flow_threads):
         result = train_flow(pipe, latents, prompts, more, SCENES_TEXT_LENGTH, train_text_encoders=True, log=log)
     seconds = time.perf_counter() - start
     log(f"flow continuation: {steps} steps, {seconds:.0f} s")
@@ -322,7 +310,7 @@ def train_scenes(out: str | Path, config: ScenesConfig, log=print) -> dict:
     log(f"latents {tuple(latents[0].shape)}: {timings['encode_latents']:.0f} s")
 
     start = time.perf_counter()
-    with _threads(config.flow_threads):
+    with torch_threads(config.flow_threads):
         flow = train_flow(pipe, latents, prompts, config, SCENES_TEXT_LENGTH, train_text_encoders=True, log=log)
     report.update(flow)
     timings["flow"] = time.perf_counter() - start
