@@ -67,9 +67,12 @@ def scenes_main(args) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="tiny-flux-scenes-smoke-"))
     print(f"preset {preset}: {config}\nwriting to {out}", flush=True)
     start = time.perf_counter()
-    train_scenes(out, config, log=log)
+    try:
+        train_scenes(out, config, log=log, vae_from=args.vae_from, stop_after_vae=args.vae_only)
+    except ValueError as error:  # bad --vae-from: said before any training
+        raise SystemExit(f"error: {error}") from None
     print(f"training {time.perf_counter() - start:.0f} s", flush=True)
-    if not (args.no_evaluate or args.smoke):
+    if not (args.no_evaluate or args.smoke or args.vae_only):
         evaluate_scenes_folder(out, log=log)
     return 0
 
@@ -121,6 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(set(PRESETS) | set(SCENES_PRESETS)),
         default="full",
         help=f"v1: {', '.join(sorted(PRESETS))}; --pipeline scenes: {', '.join(sorted(SCENES_PRESETS))}",
+    )
+    parser.add_argument(
+        "--vae-only", action="store_true", help="scenes: train and save the VAE stage only (a start for --vae-from)"
+    )
+    parser.add_argument(
+        "--vae-from",
+        type=Path,
+        metavar="DIR",
+        help="scenes: take the trained VAE of DIR (same VAE settings) and skip the VAE stage",
     )
     parser.add_argument("--smoke", action="store_true", help="same as --preset smoke, then reload and generate")
     parser.add_argument("--seed", type=int)

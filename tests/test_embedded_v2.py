@@ -3,6 +3,7 @@
 The v2 pipeline is not shipped yet (its first full run missed the adherence targets: see issue 16's note), so
 nothing here reads a shipped folder."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -13,10 +14,20 @@ from quantkit.models.scenes_train import SCENES_PRESETS, train_scenes
 
 
 def test_smoke_training_is_reproducible_bit_for_bit(tmp_path):
-    first, second = tmp_path / "first", tmp_path / "second"
-    for out in (first, second):
-        report = train_scenes(out, replace(SCENES_PRESETS["smoke"], decoder_steps=2), log=lambda message: None)
+    """Two runs of one config write the same bytes — the second in two parts: the VAE stage alone
+    (`stop_after_vae`), then a run that takes that VAE (`vae_from`) and trains the rest."""
+    first, vae_only, second = tmp_path / "first", tmp_path / "vae_only", tmp_path / "second"
+    config = replace(SCENES_PRESETS["smoke"], decoder_steps=2)
+    report = train_scenes(first, config, log=lambda message: None)
     assert set(report["timings_s"]) == {"data_and_build", "vae", "encode_latents", "flow", "decoder"}
+    train_scenes(vae_only, config, log=lambda message: None, stop_after_vae=True)
+    assert sorted(path.name for path in vae_only.iterdir()) == ["training_report.json", "vae"]
+    report = train_scenes(second, config, log=lambda message: None, vae_from=vae_only)
+    assert report["timings_s"]["vae"] == 0.0 and report["vae_from"] == str(vae_only)
+    assert (
+        report["vae_reconstruction_adherence"]
+        == json.loads((first / "training_report.json").read_text())["vae_reconstruction_adherence"]
+    )
     for name in ("vae", "transformer"):
         path = f"{name}/diffusion_pytorch_model.safetensors"
         assert (first / path).read_bytes() == (second / path).read_bytes(), name
@@ -24,6 +35,15 @@ def test_smoke_training_is_reproducible_bit_for_bit(tmp_path):
         path = f"{name}/model.safetensors"
         assert (first / path).read_bytes() == (second / path).read_bytes(), name
     assert (first / "tokenizer_2" / "spiece.model").is_file() or any((first / "tokenizer_2").iterdir())
+
+    # a VAE trained with other settings, or a folder without one, is refused before any work
+    with pytest.raises(ValueError, match=r"other settings \(vae_steps: 2 there, 3 here\); use the same settings"):
+        train_scenes(tmp_path / "refused", replace(config, vae_steps=3), vae_from=vae_only)
+    with pytest.raises(ValueError, match="holds no trained VAE.*--vae-only"):
+        train_scenes(tmp_path / "refused", config, vae_from=tmp_path)
+    with pytest.raises(ValueError, match="decoder was fine-tuned.*--vae-only"):
+        train_scenes(tmp_path / "refused", config, vae_from=first)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_smoke_output_reloads_and_draws_64_px(tmp_path):

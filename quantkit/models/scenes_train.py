@@ -102,6 +102,13 @@ class ScenesConfig:
     # 2-core machine one thread did a step in 0.63 s and two in 0.85 s (OpenMP's barriers cost more than the
     # second core gives); the VAE's convolutions do gain from two (0.67 -> 0.50 s per step), so it keeps them.
     flow_threads: int | None = None
+    # prompt-structure objective (`scene_probe`): probes on T5's tokens and CLIP's pooled vector that must read
+    # back each object's place and attributes; 0 / 0 = off (the runs before it: the encoders learned a bag of words)
+    probe_weight: float = 0.0  # × the probe's cross-entropy, added to the flow loss
+    text_pretrain_steps: int = 0  # encoders + probes alone on the probe loss before the flow stage
+    # transformer depth: double-stream (text and image keep their own weights) and single-stream blocks
+    double_blocks: int = SCENES_TRANSFORMER_CONFIG["num_layers"]
+    single_blocks: int = SCENES_TRANSFORMER_CONFIG["num_single_layers"]
     # optional decoder stage (after the flow stage; encoder frozen, so the transformer's latent space is
     # unchanged). 0 = skipped, as in the shipped run: tried on it for 200 steps, the reconstruction MSE did not
     # move (0.046 → 0.046), so the VAE's encoder, not its decoder, is what 300 VAE steps left short.
@@ -132,7 +139,21 @@ SCENES_PRESETS = {
     # (continuation); 1,500 VAE steps left shape at 71% on reconstructions (2,000: 89.5%), so the VAE keeps its
     # 2,000 and the flow stage gets 3,000 steps on one thread (faster there, see flow_threads)
     "ship": ScenesConfig(vae_steps=2000, vae_fg_weight=8.0, transformer_steps=3000, warmup_steps=150, flow_threads=1),
+    # ship + the prompt-structure probes (the transformer read a bag of words: left of = right of)
+    "probe": ScenesConfig(
+        vae_steps=2000,
+        vae_fg_weight=8.0,
+        transformer_steps=3000,
+        warmup_steps=150,
+        flow_threads=1,
+        probe_weight=0.1,
+        text_pretrain_steps=1500,  # ~3 min; after 300 steps T5 told an object's place for 80% of tokens
+    ),
 }
+# probe with 4 double + 4 single blocks (~1.3x the step time, so 2,400 steps: the same hour)
+SCENES_PRESETS["probe-deep"] = replace(
+    SCENES_PRESETS["probe"], double_blocks=4, single_blocks=4, transformer_steps=2400
+)
 
 
 def scenes_config(preset: str, **overrides) -> ScenesConfig:
@@ -142,8 +163,12 @@ def scenes_config(preset: str, **overrides) -> ScenesConfig:
     return replace(SCENES_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
 
-def build_scenes_pipeline(seed: int = 0):
-    """The untrained v2 pipeline (random weights, deterministic for `seed`; the global RNG is left alone)."""
+def build_scenes_pipeline(
+    seed: int = 0, double_blocks: int | None = None, single_blocks: int | None = None, text_only: bool = False
+):
+    """The untrained v2 pipeline (random weights, deterministic for `seed`; the global RNG is left alone);
+    `double_blocks` / `single_blocks` override the transformer's depth. `text_only`: without VAE and transformer,
+    for `encode_prompt` alone (its text encoders are the whole pipeline's: they are built first)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     words = scenes.vocabulary()
@@ -153,6 +178,13 @@ def build_scenes_pipeline(seed: int = 0):
         tokenizer_2 = build_t5_tokenizer(SCENES_TEXT_LENGTH, words=words)
         text_encoder = build_clip_text_model(tokenizer, **SCENES_CLIP_CONFIG)
         text_encoder_2 = build_t5_encoder(tokenizer_2, **SCENES_T5_CONFIG)
+        after_text = torch.get_rng_state()  # the image parts continue this stream
+    if text_only:
+        parts = dict(text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2)
+        parts.update(tokenizer_2=tokenizer_2, vae=None, transformer=None)
+        return FluxPipeline(FlowMatchEulerDiscreteScheduler(), **parts)
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(after_text)
         levels = len(SCENES_VAE_CONFIG["block_out_channels"])
         vae = AutoencoderKL(
             in_channels=3,
@@ -163,7 +195,9 @@ def build_scenes_pipeline(seed: int = 0):
             scaling_factor=1.0,
             **SCENES_VAE_CONFIG,
         ).eval()
-        transformer = FluxTransformer2DModel(**SCENES_TRANSFORMER_CONFIG).eval()
+        depth = {"num_layers": double_blocks, "num_single_layers": single_blocks}
+        depth = {k: v for k, v in depth.items() if v is not None}
+        transformer = FluxTransformer2DModel(**{**SCENES_TRANSFORMER_CONFIG, **depth}).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1's settings: resolution-dependent shift
         shift=3.0,
         use_dynamic_shifting=True,
@@ -268,11 +302,59 @@ def continue_flow(out: str | Path, steps: int, lr: float | None = None, log=prin
     return report
 
 
-def train_scenes(out: str | Path, config: ScenesConfig, log=print) -> dict:
+# The settings the VAE stage reads: two runs that agree on them train the same VAE (the stage is deterministic).
+VAE_FIELDS = ("seed", "n_images", "vae_steps", "vae_batch_size", "vae_lr", "kl_weight", "vae_fg_weight", "grad_clip")
+
+
+def _vae_source_report(source: Path, config: ScenesConfig) -> dict:
+    """The training report of `train_scenes(vae_from=source)`, checked against `config` before any work."""
+    report_path = source / "training_report.json"
+    if not (report_path.is_file() and (source / "vae" / "config.json").is_file()):
+        raise ValueError(
+            f"vae_from={str(source)!r} holds no trained VAE (vae/ and training_report.json); pass a folder written "
+            "by train_scenes (or `train_embedded.py --pipeline scenes --vae-only --out DIR`)."
+        )
+    earlier = json.loads(report_path.read_text())
+    if earlier.get("stage") != "vae" and earlier["config"].get("decoder_steps"):
+        raise ValueError(
+            f"vae_from={str(source)!r}: its decoder was fine-tuned after the flow stage, so its VAE is not the VAE "
+            "stage's; pass a folder written with --vae-only (or by a run with decoder_steps=0)."
+        )
+    differ = {k: (earlier["config"].get(k), getattr(config, k)) for k in VAE_FIELDS}
+    differ = {k: v for k, v in differ.items() if v[0] != v[1]}
+    if differ:
+        listed = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+        raise ValueError(
+            f"vae_from={str(source)!r} trained its VAE with other settings ({listed}); use the same settings or "
+            "drop vae_from to train a VAE."
+        )
+    return earlier
+
+
+def _reuse_vae(pipe, source: Path, earlier: dict, timings: dict, log=print) -> dict:
+    """Put `source`'s trained VAE into `pipe` (see `train_scenes(vae_from=)`); returns its VAE report entries."""
+    from diffusers import AutoencoderKL
+
+    pipe.vae = AutoencoderKL.from_pretrained(source / "vae").eval()
+    timings["vae"] = 0.0
+    timings["vae_reused_s"] = earlier["timings_s"]["vae"]
+    log(f"vae: reused from {source} (its stage took {earlier['timings_s']['vae']:.0f} s)")
+    keep = [k for k in earlier if k.startswith("vae_") or k in ("shift_factor", "scaling_factor")]
+    return {"vae_from": str(source), **{k: earlier[k] for k in keep}}
+
+
+def train_scenes(
+    out: str | Path, config: ScenesConfig, log=print, vae_from: str | Path | None = None, stop_after_vae: bool = False
+) -> dict:
     """Build, train (VAE, then transformer + text encoders) and save the v2 pipeline to `out` (fp32 safetensors).
 
     Writes the diffusers folder, `generation_defaults.json` and `training_report.json` (config, timings,
-    losses, load average). Evaluation is a separate step (`scenes_eval.evaluate_scenes_folder`).
+    losses, load average). Evaluation is a separate step (`scenes_eval.evaluate_scenes_folder`). The VAE is
+    saved (`out/vae`) as soon as its stage ends; `stop_after_vae` returns there. `vae_from`: a folder written by
+    an earlier run with the same VAE settings (`VAE_FIELDS`) — its VAE is used and the VAE stage skipped.
+
+    Raises:
+        ValueError: `vae_from`'s VAE was trained with other settings, or holds no trained VAE.
 
     Returns:
         The report dict.
@@ -280,6 +362,7 @@ def train_scenes(out: str | Path, config: ScenesConfig, log=print) -> dict:
     import os
 
     out = Path(out)
+    source_report = _vae_source_report(Path(vae_from), config) if vae_from is not None else None
     torch.manual_seed(config.seed)
     report: dict = {
         "config": asdict(config),
@@ -291,28 +374,64 @@ def train_scenes(out: str | Path, config: ScenesConfig, log=print) -> dict:
 
     start = time.perf_counter()
     images, prompts = scenes.sample_dataset(config.n_images, seed=config.seed)
-    pipe = build_scenes_pipeline(config.seed)
+    pipe = build_scenes_pipeline(config.seed, config.double_blocks, config.single_blocks)
     timings["data_and_build"] = time.perf_counter() - start
     log(f"dataset: {len(images)} images, {len(set(prompts))} distinct prompts ({timings['data_and_build']:.1f} s)")
 
-    start = time.perf_counter()
-    report.update(train_vae(pipe.vae, images, config, log=log, held_back=min(256, len(images) // 4)))
-    timings["vae"] = time.perf_counter() - start
-    log(f"vae stage: {timings['vae']:.0f} s")
-    report["vae_reconstruction_adherence"] = reconstruction_adherence(
-        pipe.vae, images[-min(256, len(images) // 4) :], prompts[-min(256, len(images) // 4) :]
-    )
-    log(f"vae reconstructions scored: {report['vae_reconstruction_adherence']}")
+    if vae_from is not None:
+        report.update(_reuse_vae(pipe, Path(vae_from), source_report, timings, log=log))
+    else:
+        start = time.perf_counter()
+        report.update(train_vae(pipe.vae, images, config, log=log, held_back=min(256, len(images) // 4)))
+        timings["vae"] = time.perf_counter() - start
+        log(f"vae stage: {timings['vae']:.0f} s")
+        report["vae_reconstruction_adherence"] = reconstruction_adherence(
+            pipe.vae, images[-min(256, len(images) // 4) :], prompts[-min(256, len(images) // 4) :]
+        )
+        log(f"vae reconstructions scored: {report['vae_reconstruction_adherence']}")
+        # saved at once: the VAE is the first third of the run, and a later run can start from it (vae_from)
+        out.mkdir(parents=True, exist_ok=True)
+        pipe.vae.save_pretrained(out / "vae", safe_serialization=True)
+        (out / "training_report.json").write_text(json.dumps({**report, "stage": "vae"}, indent=2) + "\n")
+        if stop_after_vae:
+            return report
 
     start = time.perf_counter()
     latents = encode_latents(pipe.vae, images)
     timings["encode_latents"] = time.perf_counter() - start
     log(f"latents {tuple(latents[0].shape)}: {timings['encode_latents']:.0f} s")
 
+    probe = None
+    if config.probe_weight or config.text_pretrain_steps:
+        from quantkit.models.scene_probe import build_probe, pretrain_text_encoders
+
+        probe = build_probe(pipe, SCENES_TEXT_LENGTH, config.seed)
+    if config.text_pretrain_steps:
+        start = time.perf_counter()
+        with torch_threads(config.flow_threads):
+            report.update(pretrain_text_encoders(pipe, probe, prompts, config, SCENES_TEXT_LENGTH, log=log))
+        timings["text_pretrain"] = time.perf_counter() - start
+
     start = time.perf_counter()
     with torch_threads(config.flow_threads):
-        flow = train_flow(pipe, latents, prompts, config, SCENES_TEXT_LENGTH, train_text_encoders=True, log=log)
+        flow = train_flow(
+            pipe,
+            latents,
+            prompts,
+            config,
+            SCENES_TEXT_LENGTH,
+            train_text_encoders=True,
+            log=log,
+            auxiliary=probe if config.probe_weight else None,
+            auxiliary_weight=config.probe_weight,
+        )
     report.update(flow)
+    if probe is not None:  # what the trained encoders carry, on prompts training never drew
+        from quantkit.models.scene_probe import probe_accuracy
+
+        held_out = [prompt for prompt, _ in scenes.heldout_prompts(256)]
+        report["probe_heldout_accuracy"] = probe_accuracy(pipe, probe, held_out, SCENES_TEXT_LENGTH)
+        log(f"probe accuracy on held-out prompts: {report['probe_heldout_accuracy']}")
     timings["flow"] = time.perf_counter() - start
     log(f"flow stage: {timings['flow']:.0f} s ({timings['flow'] / max(1, config.transformer_steps):.2f} s/step)")
     report["distinct_training_prompts"] = len(set(prompts))

@@ -189,6 +189,8 @@ def train_flow(
     text_length: int,
     train_text_encoders: bool = False,
     log=print,
+    auxiliary: torch.nn.Module | None = None,
+    auxiliary_weight: float = 0.0,
 ) -> dict:
     """Train `pipe.transformer` (and optionally both text encoders) by rectified flow; load the EMA weights.
 
@@ -200,6 +202,8 @@ def train_flow(
             ema_decay, prompt_dropout, grad_clip (and text_lr when training the encoders).
         text_length: T5 `max_sequence_length`, as in the generation defaults.
         train_text_encoders: train CLIP and T5 jointly through the flow loss (else frozen).
+        auxiliary: with train_text_encoders, a module whose `loss(prompts, embeds, pooled)` is added to the flow
+            loss × `auxiliary_weight` and whose parameters train with the encoders (e.g. `scene_probe.PromptProbe`).
 
     Returns:
         dict with the mean loss over the first and last 200 steps.
@@ -239,6 +243,8 @@ def train_flow(
     groups = [{"params": list(transformer.parameters()), "lr": config.lr}]
     if train_text_encoders:
         text_params = list(pipe.text_encoder.parameters()) + list(pipe.text_encoder_2.parameters())
+        if auxiliary is not None:
+            text_params += list(auxiliary.parameters())
         groups.append({"params": text_params, "lr": getattr(config, "text_lr", config.lr)})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -247,9 +253,10 @@ def train_flow(
     params = [p for group in groups for p in group["params"]]
     emas = [copy.deepcopy(m).requires_grad_(False) for m in modules]
     ema_params = [p for m in emas for p in m.parameters()]
+    model_params = [p for m in modules for p in m.parameters()]  # what the EMA follows (not the auxiliary's)
     for module in modules:
         module.train()
-    losses = []
+    losses, auxiliary_losses = [], []
     progress = tqdm(range(config.transformer_steps), desc="flow", mininterval=10)
     for step in progress:
         idx = torch.randint(len(latent_mean), (config.batch_size,), generator=generator)
@@ -263,9 +270,8 @@ def train_flow(
         text_idx = prompt_ids[idx].clone()
         text_idx[torch.rand(config.batch_size, generator=generator) < config.prompt_dropout] = empty_id
         if train_text_encoders:  # the pipeline's own encoding path, with gradients
-            embeds, pooled, _ = pipe.encode_prompt(
-                [unique[i] for i in text_idx.tolist()], prompt_2=None, max_sequence_length=text_length
-            )
+            batch_prompts = [unique[i] for i in text_idx.tolist()]
+            embeds, pooled, _ = pipe.encode_prompt(batch_prompts, prompt_2=None, max_sequence_length=text_length)
         else:
             embeds, pooled = text_embeds[text_idx], pooled_embeds[text_idx]
         prediction = transformer(
@@ -278,14 +284,19 @@ def train_flow(
             return_dict=False,
         )[0]
         loss = F.mse_loss(prediction, noise - x0)
+        total = loss
+        if auxiliary is not None and train_text_encoders:
+            extra = auxiliary.loss(batch_prompts, embeds, pooled)
+            total = loss + auxiliary_weight * extra
+            auxiliary_losses.append(extra.item())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         scheduler.step()
         with torch.no_grad():
             decay = min(config.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
+            torch._foreach_lerp_(ema_params, model_params, 1 - decay)
         losses.append(loss.item())
         if step % 50 == 0:
             progress.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
@@ -296,4 +307,9 @@ def train_flow(
         module.eval()
     first, last = float(np.mean(losses[:200])), float(np.mean(losses[-200:]))
     log(f"transformer: loss {first:.4f} (first 200 steps) → {last:.4f} (last 200)")
-    return {"transformer_loss_first": first, "transformer_loss_last": last, "losses_every_50": losses[::50]}
+    result = {"transformer_loss_first": first, "transformer_loss_last": last, "losses_every_50": losses[::50]}
+    if auxiliary_losses:
+        result["auxiliary_loss_first"] = float(np.mean(auxiliary_losses[:200]))
+        result["auxiliary_loss_last"] = float(np.mean(auxiliary_losses[-200:]))
+        log(f"auxiliary loss {result['auxiliary_loss_first']:.4f} → {result['auxiliary_loss_last']:.4f}")
+    return result
