@@ -46,7 +46,7 @@ def test_smoke_training_is_reproducible_bit_for_bit(tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
-def test_smoke_output_reloads_and_draws_64_px(tmp_path):
+def test_smoke_output_reloads_and_draws_64_px(tmp_path, monkeypatch):
     from diffusers import DiffusionPipeline
 
     from quantkit.models.defaults import apply_generation_defaults, read_generation_defaults
@@ -61,6 +61,13 @@ def test_smoke_output_reloads_and_draws_64_px(tmp_path):
     image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
     scene_scorer.score_scene(image, "a red circle")  # scores any image without error
+
+    from quantkit.models import scenes_eval
+
+    monkeypatch.setitem(scenes_eval.ORDER_PAIRS, "same", ("a red circle", "a red circle"))
+    order = scenes_eval.order_sensitivity(pipe)
+    assert order["same"] == 0.0 and order["same_text"] == 0.0  # one prompt twice: no distance
+    assert order["axis"] > 0 and order["left_right_text"] > 0  # different words: the encoders and the velocity move
 
     from quantkit.models.scenes_train import continue_flow
 
