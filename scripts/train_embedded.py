@@ -68,7 +68,7 @@ def scenes_main(args) -> int:
     print(f"preset {preset}: {config}\nwriting to {out}", flush=True)
     start = time.perf_counter()
     try:
-        train_scenes(out, config, log=log, vae_from=args.vae_from, stop_after_vae=args.vae_only)
+        train_scenes(out, config, log=log, vae_from=args.vae_from, stop_after_vae=args.vae_only, preset=preset)
     except ValueError as error:  # bad --vae-from: said before any training
         raise SystemExit(f"error: {error}") from None
     print(f"training {time.perf_counter() - start:.0f} s", flush=True)

@@ -135,8 +135,32 @@ def write_scenes_card(out: str | Path, report: dict | None = None) -> Path:
         if k_quant
         else ""
     )
-    stages = ("data_and_build", "vae", "encode_latents", "flow", "decoder")
-    total_training = sum(t[k] for k in stages if k in t)
+    stages = ("data_and_build", "vae", "vae_reused_s", "encode_latents", "text_pretrain", "flow", "decoder")
+    total_training = sum(t[k] for k in stages if k in t)  # a reused VAE counts with its own stage's time
+    vae_minutes = t.get("vae_reused_s", t["vae"]) / 60
+    vae_where = f" (trained by an earlier run, `{r['vae_from']}`, and reused)" if r.get("vae_from") else ""
+    probe = ""
+    if c.get("probe_weight") or c.get("text_pretrain_steps"):
+        accuracy = r.get("probe_heldout_accuracy", {})
+        shown = ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items() if k.startswith("t5_") or "left" in k)
+        probe = (
+            f"- Prompt-structure probes (`quantkit.models.scene_probe`): CLIP + T5 first trained alone for "
+            f"{c['text_pretrain_steps']:,} steps to make linear probes read each T5 token's object place and "
+            f"attributes and the scene by place from CLIP's pooled vector ({t.get('text_pretrain', 0) / 60:.1f} min), "
+            f"then the probes' loss × {c['probe_weight']} added to the flow loss. Probe accuracy on held-out "
+            f"prompts after training: {shown}. The probes are not part of the folder.\n"
+        )
+    order = ""
+    if r.get("order_sensitivity"):
+        o = r["order_sensitivity"]
+        order = (
+            "Word order: between prompts that differ only in order the transformer's velocity moves by "
+            f"{o['left_right']:.1%} (left of / right of), {o['above_below']:.1%} (above / below), {o['swapped']:.1%} "
+            f"(objects swapped), against {o['axis']:.1%} for left of / above (T5's outputs: "
+            f"{o['left_right_text']:.0%}, {o['above_below_text']:.0%}, {o['swapped_text']:.0%}, "
+            f"{o['axis_text']:.0%}); "
+            "`scenes_eval.order_sensitivity`.\n"
+        )
     decoder = ""
     if "decoder" in t:
         decoder = (
@@ -222,6 +246,7 @@ only where a size word is named); an attribute of two objects is right when both
 {heldout}
 
 {validation}
+{order}
 Speed: {r["seconds_per_image"]:.2f} s per image at the defaults (fp32, 2 torch threads, median of 5 calls;
 {r["seconds_per_image_1_thread"]:.2f} s with 1 thread; bf16 {r["seconds_per_image_bf16"]:.2f} s), on the shared
 2-core CPU that trained it.
@@ -229,14 +254,14 @@ Speed: {r["seconds_per_image"]:.2f} s per image at the defaults (fp32, 2 torch t
 {quant}
 ## Training
 
-`python scripts/train_embedded.py --pipeline scenes --out quantkit/embedded/tiny-flux-scenes` (preset `full`, seed
+`python scripts/train_embedded.py --pipeline scenes --preset {r.get("preset", "full")} --out <folder>` (seed
 {c["seed"]}), on a 2-core CPU, no GPU. Code: `quantkit/models/scenes_train.py` (stages in `training.py`).
 
 - Data: {c["n_images"]:,} procedurally rendered 64×64 scenes (`scenes.sample_dataset`),
   {r["distinct_training_prompts"]:,} distinct prompts (35% single, 45% relation, 20% count; 40% default background).
 - VAE: {c["vae_steps"]} steps, batch {c["vae_batch_size"]}, AdamW {c["vae_lr"]}, MSE + {c["kl_weight"]} × KL;
   reconstruction PSNR {r["vae_psnr_db"]:.1f} dB on held-back images; `shift_factor` {r["shift_factor"]:.4f},
-  `scaling_factor` {r["scaling_factor"]:.4f} from the latent statistics. {t["vae"] / 60:.1f} min, then
+  `scaling_factor` {r["scaling_factor"]:.4f} from the latent statistics. {vae_minutes:.1f} min{vae_where}, then
   {t["encode_latents"] / 60:.1f} min to encode the dataset once.
 - Transformer + CLIP + T5, jointly: {c["transformer_steps"]:,} steps, batch {c["batch_size"]}, AdamW {c["lr"]}
   (text encoders {c["text_lr"]}; warm-up {c["warmup_steps"]}, cosine to {c["min_lr_ratio"]:.0%}), EMA
@@ -244,7 +269,7 @@ Speed: {r["seconds_per_image"]:.2f} s per image at the defaults (fp32, 2 torch t
   target noise − x0, the pipeline's shift `mu`); text through `pipe.encode_prompt` at `max_sequence_length=16`
   with gradients; {c["prompt_dropout"]:.0%} of prompts dropped to "" for classifier-free guidance. Loss
   {r["transformer_loss_first"]:.3f} → {r["transformer_loss_last"]:.3f}. {t["flow"] / 60:.1f} min.
-{decoder}- Total training {total_training / 60:.0f} minutes; load
+{probe}{decoder}- Total training {total_training / 60:.0f} minutes; load
   average {r["load_average_start"][0]:.1f} at the start and {r["load_average_end"][0]:.1f} at the end (other jobs
   shared the 2 cores).
 - Tokenizers are built locally and deterministically (CLIP byte-level BPE with BOS/EOS post-processing, T5

@@ -344,7 +344,12 @@ def _reuse_vae(pipe, source: Path, earlier: dict, timings: dict, log=print) -> d
 
 
 def train_scenes(
-    out: str | Path, config: ScenesConfig, log=print, vae_from: str | Path | None = None, stop_after_vae: bool = False
+    out: str | Path,
+    config: ScenesConfig,
+    log=print,
+    vae_from: str | Path | None = None,
+    stop_after_vae: bool = False,
+    preset: str | None = None,
 ) -> dict:
     """Build, train (VAE, then transformer + text encoders) and save the v2 pipeline to `out` (fp32 safetensors).
 
@@ -352,6 +357,7 @@ def train_scenes(
     losses, load average). Evaluation is a separate step (`scenes_eval.evaluate_scenes_folder`). The VAE is
     saved (`out/vae`) as soon as its stage ends; `stop_after_vae` returns there. `vae_from`: a folder written by
     an earlier run with the same VAE settings (`VAE_FIELDS`) — its VAE is used and the VAE stage skipped.
+    `preset`: the name `config` came from, recorded in the report (the model card's command shows it).
 
     Raises:
         ValueError: `vae_from`'s VAE was trained with other settings, or holds no trained VAE.
@@ -365,6 +371,7 @@ def train_scenes(
     source_report = _vae_source_report(Path(vae_from), config) if vae_from is not None else None
     torch.manual_seed(config.seed)
     report: dict = {
+        "preset": preset,
         "config": asdict(config),
         "torch_threads": torch.get_num_threads(),
         "timings_s": {},
