@@ -15,6 +15,7 @@ quantkit/models/scenes_train.py (v2); the shared stages are in quantkit/models/t
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -53,7 +54,10 @@ def scenes_main(args) -> int:
 
             continue_with_decoder(args.out, log=log)
         if not args.no_evaluate:
-            evaluate_scenes_folder(args.out, choose_defaults=args.compare, log=log)
+            report = json.loads((args.out / "training_report.json").read_text())
+            defaults = report["config"]["generation_defaults"]
+            report["config"]["generation_defaults"] = new_defaults(defaults, args)
+            evaluate_scenes_folder(args.out, report, choose_defaults=args.compare, log=log)
         return 0
     preset = "smoke" if args.smoke else args.preset
     config = scenes_config(
@@ -77,14 +81,9 @@ def scenes_main(args) -> int:
     return 0
 
 
-def evaluate_only(args) -> int:
-    """Re-evaluate a trained folder, optionally with new generation defaults."""
-    import json
-
-    if args.out is None:
-        raise SystemExit("--evaluate-only needs --out (a folder written by this script)")
-    report = json.loads((args.out / "training_report.json").read_text())
-    defaults = dict(report["config"]["generation_defaults"])
+def new_defaults(defaults: dict, args) -> dict:
+    """The generation defaults with --num-inference-steps / --true-cfg-scale applied (where given)."""
+    defaults = dict(defaults)
     if args.num_inference_steps is not None:
         defaults["num_inference_steps"] = args.num_inference_steps
     if args.true_cfg_scale is not None:
@@ -92,6 +91,16 @@ def evaluate_only(args) -> int:
         defaults.pop("negative_prompt", None)
         if args.true_cfg_scale > 1:  # FluxPipeline only runs CFG when a negative prompt is given
             defaults.update(true_cfg_scale=args.true_cfg_scale, negative_prompt="")
+    return defaults
+
+
+def evaluate_only(args) -> int:
+    """Re-evaluate a trained folder, optionally with new generation defaults."""
+
+    if args.out is None:
+        raise SystemExit("--evaluate-only needs --out (a folder written by this script)")
+    report = json.loads((args.out / "training_report.json").read_text())
+    defaults = new_defaults(report["config"]["generation_defaults"], args)
     evaluate_and_document(args.out, report, defaults, compare=args.compare, log=lambda m: print(m, flush=True))
     return 0
 

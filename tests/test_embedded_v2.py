@@ -101,3 +101,21 @@ def test_weighted_mse_counts_object_pixels_more():
     plain_ratio = float(plain(on_object, target)) / float(plain(on_background, target))
     ratio = float(weighted_mse(on_object, target, 8.0)) / float(weighted_mse(on_background, target, 8.0))
     assert ratio == pytest.approx(8.0 * plain_ratio)
+
+
+def test_evaluate_only_flags_set_the_generation_defaults_for_both_pipelines():
+    """`--num-inference-steps` / `--true-cfg-scale` with `--evaluate-only` (v2 ignored them before)."""
+    import importlib.util
+    from argparse import Namespace
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "train_embedded.py"
+    spec = importlib.util.spec_from_file_location("train_embedded_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    base = {"num_inference_steps": 20, "max_sequence_length": 16}
+    guided = script.new_defaults(base, Namespace(num_inference_steps=None, true_cfg_scale=2.0))
+    assert guided == {**base, "true_cfg_scale": 2.0, "negative_prompt": ""}  # CFG runs only with a negative prompt
+    plain = script.new_defaults(guided, Namespace(num_inference_steps=28, true_cfg_scale=1.0))
+    assert plain == {**base, "num_inference_steps": 28}
+    assert script.new_defaults(base, Namespace(num_inference_steps=None, true_cfg_scale=None)) == base
