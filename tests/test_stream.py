@@ -486,7 +486,8 @@ def test_bitsandbytes_4bit_first_forward_equals_bitsandbytes_own(options, shape)
     converted = getattr(ref.weight.quant_state, "packing_format_for_cpu", False)
     assert getattr(ours.weight.quant_state, "packing_format_for_cpu", False) == converted
     assert ours.weight.data.dtype == ref.weight.data.dtype and ours.weight.data.shape == ref.weight.data.shape
-    assert torch.equal(ours.weight.data, ref.weight.data)
+    # packed 4-bit codes: compared as bytes (in bfloat16 storage some byte pairs read as NaN, and NaN != NaN)
+    assert torch.equal(ours.weight.data.contiguous().view(torch.uint8), ref.weight.data.contiguous().view(torch.uint8))
     _same_quant_state(ours.weight.quant_state, ref.weight.quant_state)
     fresh_layer = _bnb_4bit_reference(_linear(w), b4.resolved(kwargs))  # never laid out for the CPU kernel
     fresh_layer.bias = torch.nn.Parameter(ours.bias.data.clone(), requires_grad=False)
