@@ -371,7 +371,8 @@ def train_scenes(
     import os
 
     out = Path(out)
-    source_report = _vae_source_report(Path(vae_from), config) if vae_from is not None else None
+    vae_from = Path(vae_from) if vae_from is not None else None
+    source_report = _vae_source_report(vae_from, config) if vae_from is not None else None
     torch.manual_seed(config.seed)
     report: dict = {
         "preset": preset,
@@ -389,7 +390,7 @@ def train_scenes(
     log(f"dataset: {len(images)} images, {len(set(prompts))} distinct prompts ({timings['data_and_build']:.1f} s)")
 
     if vae_from is not None:
-        report.update(_reuse_vae(pipe, Path(vae_from), source_report, timings, log=log))
+        report.update(_reuse_vae(pipe, vae_from, source_report, timings, log=log))
     else:
         start = time.perf_counter()
         report.update(train_vae(pipe.vae, images, config, log=log, held_back=min(256, len(images) // 4)))
@@ -436,14 +437,14 @@ def train_scenes(
             auxiliary_weight=config.probe_weight,
         )
     report.update(flow)
+    timings["flow"] = time.perf_counter() - start
+    log(f"flow stage: {timings['flow']:.0f} s ({timings['flow'] / max(1, config.transformer_steps):.2f} s/step)")
     if probe is not None:  # what the trained encoders carry, on prompts training never drew
         from quantkit.models.scene_probe import probe_accuracy
 
         held_out = [prompt for prompt, _ in scenes.heldout_prompts(256)]
         report["probe_heldout_accuracy"] = probe_accuracy(pipe, probe, held_out, SCENES_TEXT_LENGTH)
         log(f"probe accuracy on held-out prompts: {report['probe_heldout_accuracy']}")
-    timings["flow"] = time.perf_counter() - start
-    log(f"flow stage: {timings['flow']:.0f} s ({timings['flow'] / max(1, config.transformer_steps):.2f} s/step)")
     report["distinct_training_prompts"] = len(set(prompts))
     if config.decoder_steps:
         report.update(decoder_stage(pipe.vae, images, config, report, log=log))
