@@ -43,7 +43,18 @@ def test_smoke_training_is_reproducible_bit_for_bit(tmp_path):
         train_scenes(tmp_path / "refused", config, vae_from=tmp_path)
     with pytest.raises(ValueError, match="decoder was fine-tuned.*--vae-only"):
         train_scenes(tmp_path / "refused", config, vae_from=first)
+    with pytest.raises(ValueError, match=r"vae_edge_weight: 0.0 there, 8.0 here"):
+        train_scenes(tmp_path / "refused", replace(config, vae_edge_weight=8.0), vae_from=vae_only)
     assert not (tmp_path / "refused").exists()
+    # a report written before a VAE field existed holds none: the field's default is what that run used
+    from quantkit.models.scenes_train import _vae_source_report
+
+    saved = json.loads((vae_only / "training_report.json").read_text())
+    del saved["config"]["vae_edge_weight"]
+    (vae_only / "training_report.json").write_text(json.dumps(saved))
+    assert _vae_source_report(vae_only, config)["config"] == saved["config"]
+    with pytest.raises(ValueError, match=r"vae_edge_weight: 0.0 there, 8.0 here"):
+        _vae_source_report(vae_only, replace(config, vae_edge_weight=8.0))
 
 
 def test_smoke_output_reloads_and_draws_64_px(tmp_path, monkeypatch):
@@ -101,6 +112,23 @@ def test_weighted_mse_counts_object_pixels_more():
     plain_ratio = float(plain(on_object, target)) / float(plain(on_background, target))
     ratio = float(weighted_mse(on_object, target, 8.0)) / float(weighted_mse(on_background, target, 8.0))
     assert ratio == pytest.approx(8.0 * plain_ratio)
+
+
+def test_weighted_mse_edge_weight_counts_outline_pixels_more():
+    """An error on an object's outline (where the scorer tells a square from a circle) costs `edge_weight` more
+    than the same error inside the object; without it the two cost the same."""
+    import torch
+
+    from quantkit.models.training import weighted_mse
+
+    target = torch.full((1, 3, 12, 12), 0.8)
+    target[:, :, 3:9, 3:9] = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)  # a 6×6 red square
+    corner, inside = target.clone(), target.clone()
+    corner[:, :, 3, 3:7] = 0.8  # the top edge worn down: 4 outline pixels lost
+    inside[:, :, 5, 4:8] = 0.8  # 4 pixels lost in the middle, more than 1 px from the outline
+    assert float(weighted_mse(corner, target, 8.0)) == pytest.approx(float(weighted_mse(inside, target, 8.0)))
+    ratio = float(weighted_mse(corner, target, 8.0, 8.0)) / float(weighted_mse(inside, target, 8.0, 8.0))
+    assert ratio == pytest.approx((8.0 + 8.0) / 8.0)
 
 
 def test_evaluate_only_flags_set_the_generation_defaults_for_both_pipelines():
