@@ -14,6 +14,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+MAX_WORKERS = 4  # `-n auto` (pyproject's addopts): one pytest-xdist worker per core, at most this many
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config):
+    """Each worker builds its own session fixtures and runs notebooks in its own kernel (~1.5 GB at its peak), so
+    a many-core machine gets MAX_WORKERS, not one worker per core."""
+    return min(_cores(), MAX_WORKERS)
+
+
+# Under pytest-xdist the cores are shared by the workers: each gets its share of threads (torch's default is one
+# per core, and N workers × N threads on N cores spend their time in OpenMP's barriers). Set through the environment
+# before torch is imported, so the subprocesses and notebook kernels a worker starts get the same share.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def _cuda() -> bool:
     try:

@@ -255,20 +255,49 @@ def test_the_main_job_with_its_defaults_runs_every_variant(tmp_path):
 # -- the other verbs -----------------------------------------------------------------------------------------------
 
 
-def _run(*argv):
+def _run_process(*argv):
+    """`python -m quantkit ARGV` in its own process: what a shell user gets, import-time output included."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "quantkit", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
 
 
+def _run(*argv):
+    """`main(ARGV)` in this process, its stdout and stderr captured (a process per call costs ~8 s of imports on
+    2 cores); the logging and warning settings `main` changes for its own process are put back after it."""
+    import contextlib
+    import io
+    import logging
+    import types
+    import warnings
+
+    import transformers.utils.logging as tl
+
+    names = ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops", "torchao.kernel.intmm")
+    levels = {name: logging.getLogger(name).level for name in names}
+    verbosity = tl.get_verbosity()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(argv))
+            except SystemExit as exit_:  # argparse: --help (0) and usage errors (2)
+                code = exit_.code
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        tl.set_verbosity(verbosity)
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def test_plan_verb_prints_the_plan_and_json():
-    done = _run("plan", "--backend", "quanto", "--kwargs", '{"weights_dtype": "int8"}', "--device", "cpu")
+    done = _run_process("plan", "--backend", "quanto", "--kwargs", '{"weights_dtype": "int8"}', "--device", "cpu")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "LoadPlan for FluxPipeline from the embedded pipeline on cpu" in done.stdout
     assert "quanto int8" in done.stdout and "Failed to load" not in done.stderr  # third-party noise filtered
     data = json.loads(
-        _run(
+        _run(  # the same verb in this process: the rest needs no fresh interpreter
             "plan",
             "--backend",
             "gguf",

@@ -70,10 +70,11 @@ def test_on_the_embedded_pipeline_quality_follows_the_type_order(tmp_path, monke
     assert scores["Q6_K"] - scores["Q2_K"] > 12, scores
 
 
-def test_a_k_quant_file_loads_the_same_through_diffusers_single_file(flux_dir, images):
+def test_a_k_quant_file_loads_the_same_through_diffusers_single_file(flux_dir, images, tmp_path, monkeypatch):
     from quantkit.backends.gguf import _from_single_file
     from quantkit.backends.gguf_files import cache_dir
 
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path))  # its own cache: the one file this load writes
     pipe = qk.load_pipeline(
         flux_dir, gguf("Q4_K", compute_dtype="float32"), torch_dtype=BF16, device="cpu", progress=False
     )
