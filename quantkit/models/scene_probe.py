@@ -88,13 +88,19 @@ def pooled_labels(prompt: str) -> np.ndarray:
     return np.asarray(row, dtype=np.int64)
 
 
-def _head_losses(logits: torch.Tensor, labels: torch.Tensor, heads) -> list[torch.Tensor]:
-    losses, start = [], 0
-    for _, classes in heads:
-        part = logits[..., start : start + len(classes)]
-        losses.append(F.cross_entropy(part.reshape(-1, len(classes)), labels[..., len(losses)].reshape(-1)))
+def _heads(logits: torch.Tensor, heads):
+    """(index, name, that head's logits) for each head: the probe's output is the heads' classes side by side."""
+    start = 0
+    for index, (name, classes) in enumerate(heads):
+        yield index, name, logits[..., start : start + len(classes)]
         start += len(classes)
-    return losses
+
+
+def _head_losses(logits: torch.Tensor, labels: torch.Tensor, heads) -> list[torch.Tensor]:
+    return [
+        F.cross_entropy(part.reshape(-1, part.shape[-1]), labels[..., h].reshape(-1))
+        for h, _, part in _heads(logits, heads)
+    ]
 
 
 class PromptProbe(torch.nn.Module):
@@ -137,12 +143,10 @@ class PromptProbe(torch.nn.Module):
             (self.tokens(embeds), token_y, TOKEN_HEADS, "t5_"),
             (self.pooled(pooled), pooled_y, POOLED_HEADS, "clip_"),
         ):
-            start = 0
-            for h, (name, classes) in enumerate(heads):
-                guess = logits[..., start : start + len(classes)].argmax(-1)
+            for h, name, part in _heads(logits, heads):
+                guess = part.argmax(-1)
                 real = labels[..., h] != IGNORE
                 result[prefix + name] = round(float((guess[real] == labels[..., h][real]).float().mean()), 4)
-                start += len(classes)
         return result
 
 
