@@ -131,6 +131,14 @@ def test_weighted_mse_edge_weight_counts_outline_pixels_more():
     assert ratio == pytest.approx((8.0 + 8.0) / 8.0)
 
 
+def test_the_card_says_how_the_vae_loss_was_weighted():
+    from quantkit.models.model_card_scenes import _vae_weights
+
+    assert _vae_weights({"vae_fg_weight": 8.0, "vae_edge_weight": 8.0}) == " (object pixels × 8, outlines + 8)"
+    assert _vae_weights({"vae_fg_weight": 8.0}) == " (object pixels × 8)"  # a report from before outlines
+    assert _vae_weights({}) == ""  # plain MSE
+
+
 def test_evaluate_only_flags_set_the_generation_defaults_for_both_pipelines():
     """`--num-inference-steps` / `--true-cfg-scale` with `--evaluate-only` (v2 ignored them before)."""
     import importlib.util

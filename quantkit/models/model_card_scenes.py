@@ -14,6 +14,13 @@ from quantkit.models.model_card import markdown_table
 from quantkit.models.scene_scorer import ATTRIBUTES
 
 
+def _vae_weights(c: dict) -> str:
+    """How the VAE's MSE was weighted (`training.weighted_mse`), for the card's training section."""
+    fg, edge = c.get("vae_fg_weight", 1.0), c.get("vae_edge_weight", 0.0)
+    parts = ([f"object pixels × {fg:g}"] if fg != 1.0 else []) + ([f"outlines + {edge:g}"] if edge else [])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _pct(value, ci=None) -> str:
     if value is None or value != value:
         return "–"
@@ -259,10 +266,10 @@ Speed: {r["seconds_per_image"]:.2f} s per image at the defaults (fp32, 2 torch t
 
 - Data: {c["n_images"]:,} procedurally rendered 64×64 scenes (`scenes.sample_dataset`),
   {r["distinct_training_prompts"]:,} distinct prompts (35% single, 45% relation, 20% count; 40% default background).
-- VAE: {c["vae_steps"]} steps, batch {c["vae_batch_size"]}, AdamW {c["vae_lr"]}, MSE + {c["kl_weight"]} × KL;
-  reconstruction PSNR {r["vae_psnr_db"]:.1f} dB on held-back images; `shift_factor` {r["shift_factor"]:.4f},
-  `scaling_factor` {r["scaling_factor"]:.4f} from the latent statistics. {vae_minutes:.1f} min{vae_where}, then
-  {t["encode_latents"] / 60:.1f} min to encode the dataset once.
+- VAE: {c["vae_steps"]} steps, batch {c["vae_batch_size"]}, AdamW {c["vae_lr"]},
+  MSE{_vae_weights(c)} + {c["kl_weight"]} × KL; reconstruction PSNR {r["vae_psnr_db"]:.1f} dB on held-back
+  images; `shift_factor` {r["shift_factor"]:.4f}, `scaling_factor` {r["scaling_factor"]:.4f} from the latent
+  statistics. {vae_minutes:.1f} min{vae_where}, then {t["encode_latents"] / 60:.1f} min to encode the dataset once.
 - Transformer + CLIP + T5, jointly: {c["transformer_steps"]:,} steps, batch {c["batch_size"]}, AdamW {c["lr"]}
   (text encoders {c["text_lr"]}; warm-up {c["warmup_steps"]}, cosine to {c["min_lr_ratio"]:.0%}), EMA
   {c["ema_decay"]} of all three; rectified flow on FluxPipeline's own conventions (packed latents, `timestep = σ`,
