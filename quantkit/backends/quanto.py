@@ -2,8 +2,9 @@
 
 diffusers spells the option `weights_dtype`, transformers `weights`; quantkit accepts both.
 Weights are quantized per output channel (int8, float8) or in groups of 128 along the input
-(int4, int2, with a scale and a shift per group). The first int4/int2 call on a CPU builds a
-kernel extension (about 30 s, then cached).
+(int4, int2, with a scale and a shift per group). quanto builds a C++ extension on the first int4/int2
+dequantization on a CPU (a compiler and ninja needed, 108 s measured on 2 cores); quantkit's layers unpack in torch
+ops instead (`quanto_unpack`: the same bytes, as fast), so nothing is compiled.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class Quanto(Backend):
     def _qtype(cls, kwargs):
         import optimum.quanto as q
 
+        from .quanto_unpack import use_torch_unpack_on_cpu
+
+        use_torch_unpack_on_cpu()  # every quantkit QLinear is built through here
+
         return getattr(q, _QTYPES[cls.resolved(kwargs)["weights_dtype"]])
 
     @classmethod
@@ -153,6 +158,9 @@ class Quanto(Backend):
     @classmethod
     def attach_native(cls, model, kwargs, library, layers, dtype=None):
         """The library's quanto quantizer, plus the key mapping diffusers' LoRA loader needs (see `_LoraKeys`)."""
+        from .quanto_unpack import use_torch_unpack_on_cpu
+
+        use_torch_unpack_on_cpu()
         reason = super().attach_native(model, kwargs, library, layers, dtype)
         if not getattr(model, "_quantkit_lora_keys", False):
             model._register_state_dict_hook(_lora_keys_hook)

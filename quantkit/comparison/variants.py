@@ -76,7 +76,7 @@ def default_variants(source=None) -> dict[str, PipelineQuantizationConfig | None
 
     As in diffusers' example (`components_to_quantize=["transformer", "text_encoder_2"]` on FLUX): the
     denoiser ("transformer" or "unet") and every T5 encoder are quantized; CLIP and the VAE stay as they are.
-    quanto int4 is left out: it compiles a CPU kernel (~30 s) on its first use on a machine.
+    Each backend at one common setting (quanto int8; its int4 and int2 are a `quant_kwargs` change away).
     """
     from ..planning.roles import default_components
     from ..planning.sources import read_model_index, resolve_source
