@@ -366,6 +366,10 @@ def _only(variants: dict, names: list[str]) -> dict:
     return {n: c for n, c in variants.items() if c is None or n in names}
 
 
+# the third-party loggers `_quiet_third_party` sets to ERROR in the command's own process
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops", "torchao.kernel.intmm")
+
+
 def _quiet_third_party() -> None:
     """In the command's own process only: drop import-time notes of third-party libraries that say nothing about
     the run (torchao's missing optional CUDA kernels on a CPU build, torch's pytree notes, bitsandbytes' optional
@@ -374,7 +378,7 @@ def _quiet_third_party() -> None:
     import logging
     import warnings
 
-    for name in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops", "torchao.kernel.intmm"):
+    for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*`torch_dtype` is deprecated.*", category=FutureWarning)
     try:

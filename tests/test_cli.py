@@ -274,8 +274,9 @@ def _run(*argv):
 
     import transformers.utils.logging as tl
 
-    names = ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops", "torchao.kernel.intmm")
-    levels = {name: logging.getLogger(name).level for name in names}
+    from quantkit.cli import QUIET_LOGGERS
+
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     verbosity = tl.get_verbosity()
     out, err = io.StringIO(), io.StringIO()
     try:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 from . import register
 from .base import Backend, Option
+from .quanto_unpack import use_torch_unpack_on_cpu
 
 GROUP_SIZE = 128  # quanto's group size for int4/int2 weights
 _QTYPES = {"int8": "qint8", "int4": "qint4", "int2": "qint2", "float8": "qfloat8"}
@@ -82,8 +83,6 @@ class Quanto(Backend):
     @classmethod
     def _qtype(cls, kwargs):
         import optimum.quanto as q
-
-        from .quanto_unpack import use_torch_unpack_on_cpu
 
         use_torch_unpack_on_cpu()  # every quantkit QLinear is built through here
 
@@ -158,8 +157,6 @@ class Quanto(Backend):
     @classmethod
     def attach_native(cls, model, kwargs, library, layers, dtype=None):
         """The library's quanto quantizer, plus the key mapping diffusers' LoRA loader needs (see `_LoraKeys`)."""
-        from .quanto_unpack import use_torch_unpack_on_cpu
-
         use_torch_unpack_on_cpu()
         reason = super().attach_native(model, kwargs, library, layers, dtype)
         if not getattr(model, "_quantkit_lora_keys", False):
