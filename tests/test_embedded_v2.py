@@ -155,3 +155,34 @@ def test_evaluate_only_flags_set_the_generation_defaults_for_both_pipelines():
     plain = script.new_defaults(guided, Namespace(num_inference_steps=28, true_cfg_scale=1.0))
     assert plain == {**base, "num_inference_steps": 28}
     assert script.new_defaults(base, Namespace(num_inference_steps=None, true_cfg_scale=None)) == base
+
+
+def test_latent_cell_weights_mark_the_cells_an_object_covers():
+    """A 6×6 object at pixels 10..15 of a 32-px image touches latent cells 1 (pixels 8..15) only, at 8 px per
+    cell; one at 14..19 straddles cells 1 and 2. Those cells get the weight, every other cell 1."""
+    import numpy as np
+
+    from quantkit.models.training import latent_cell_weights
+
+    images = np.full((2, 32, 32, 3), 230, dtype=np.uint8)
+    images[0, 10:16, 10:16] = (200, 30, 30)
+    images[1, 14:20, 14:20] = (30, 30, 200)
+    weights = latent_cell_weights(images, 8, 4.0)
+    assert weights.shape == (2, 1, 4, 4)
+    expected = torch.ones(2, 1, 4, 4)
+    expected[0, 0, 1, 1] = 4.0
+    expected[1, 0, 1:3, 1:3] = 4.0
+    assert torch.equal(weights, expected)
+
+
+def test_flow_fg_weight_reaches_the_flow_loss(tmp_path):
+    """Weight 1 is the plain MSE (no weight maps built); another weight trains a different transformer."""
+    from quantkit.models.scenes_train import build_scenes_pipeline, flow_cell_weights
+
+    config = SCENES_PRESETS["smoke"]
+    assert flow_cell_weights(build_scenes_pipeline(0), None, config) is None
+    plain = train_scenes(tmp_path / "plain", config, log=lambda message: None)
+    weighted = train_scenes(tmp_path / "weighted", replace(config, flow_fg_weight=4.0), log=lambda message: None)
+    path = "transformer/diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "plain" / path).read_bytes() != (tmp_path / "weighted" / path).read_bytes()
+    assert plain["transformer_loss_first"] != weighted["transformer_loss_first"]
