@@ -104,6 +104,10 @@ class ScenesConfig:
     # 2-core machine one thread did a step in 0.63 s and two in 0.85 s (OpenMP's barriers cost more than the
     # second core gives); the VAE's convolutions do gain from two (0.67 -> 0.50 s per step), so it keeps them.
     flow_threads: int | None = None
+    # the flow stage's forward and backward under CPU bf16 autocast (weights, Adam and EMA stay float32). On the
+    # 2-core machine's AMD EPYC (AVX512-BF16), one thread, batch 32: 0.49 s per step against 0.63 s in float32
+    # (torch warns once that rms_norm leaves its fused kernel for mixed dtypes: harmless)
+    flow_bf16: bool = False
     # prompt-structure objective (`scene_probe`): probes on T5's tokens and CLIP's pooled vector that must read
     # back each object's place and attributes; 0 / 0 = off (the runs before it: the encoders learned a bag of words)
     probe_weight: float = 0.0  # × the probe's cross-entropy, added to the flow loss

@@ -231,7 +231,7 @@ def train_flow(
         latents: (mean, std) of the VAE posterior of every training image, from `encode_latents`.
         prompts: one prompt per image.
         config: reads seed, transformer_steps, batch_size, lr, warmup_steps, min_lr_ratio, weight_decay,
-            ema_decay, prompt_dropout, grad_clip (and text_lr when training the encoders).
+            ema_decay, prompt_dropout, grad_clip (and text_lr when training the encoders; flow_bf16 if present).
         text_length: T5 `max_sequence_length`, as in the generation defaults.
         train_text_encoders: train CLIP and T5 jointly through the flow loss (else frozen).
         auxiliary: with train_text_encoders, a module whose `loss(prompts, embeds, pooled)` is added to the flow
@@ -291,6 +291,8 @@ def train_flow(
     for module in modules:
         module.train()
     losses, auxiliary_losses = [], []
+    # bf16 autocast (config.flow_bf16): the matrices in bfloat16, weights, optimizer and EMA in float32
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(getattr(config, "flow_bf16", False)))
     progress = tqdm(range(config.transformer_steps), desc="flow", mininterval=10)
     for step in progress:
         idx = torch.randint(len(latent_mean), (config.batch_size,), generator=generator)
@@ -303,20 +305,21 @@ def train_flow(
         x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         text_idx = prompt_ids[idx].clone()
         text_idx[torch.rand(config.batch_size, generator=generator) < config.prompt_dropout] = empty_id
-        if train_text_encoders:  # the pipeline's own encoding path, with gradients
-            batch_prompts = [unique[i] for i in text_idx.tolist()]
-            embeds, pooled, _ = pipe.encode_prompt(batch_prompts, prompt_2=None, max_sequence_length=text_length)
-        else:
-            embeds, pooled = text_embeds[text_idx], pooled_embeds[text_idx]
-        prediction = transformer(
-            hidden_states=x_t,
-            encoder_hidden_states=embeds,
-            pooled_projections=pooled,
-            timestep=sigma,  # the pipeline passes t / 1000 = σ
-            img_ids=img_ids,
-            txt_ids=txt_ids,
-            return_dict=False,
-        )[0]
+        with autocast:
+            if train_text_encoders:  # the pipeline's own encoding path, with gradients
+                batch_prompts = [unique[i] for i in text_idx.tolist()]
+                embeds, pooled, _ = pipe.encode_prompt(batch_prompts, prompt_2=None, max_sequence_length=text_length)
+            else:
+                embeds, pooled = text_embeds[text_idx], pooled_embeds[text_idx]
+            prediction = transformer(
+                hidden_states=x_t,
+                encoder_hidden_states=embeds,
+                pooled_projections=pooled,
+                timestep=sigma,  # the pipeline passes t / 1000 = σ
+                img_ids=img_ids,
+                txt_ids=txt_ids,
+                return_dict=False,
+            )[0].float()
         if cell_weights is None:
             loss = F.mse_loss(prediction, noise - x0)
         else:
@@ -325,7 +328,7 @@ def train_flow(
             loss = ((prediction - (noise - x0)) ** 2 * weight).sum() / weight.sum()
         total = loss
         if auxiliary is not None and train_text_encoders:
-            extra = auxiliary.loss(batch_prompts, embeds, pooled)
+            extra = auxiliary.loss(batch_prompts, embeds.float(), pooled.float())
             total = loss + auxiliary_weight * extra
             auxiliary_losses.append(extra.item())
         optimizer.zero_grad(set_to_none=True)
