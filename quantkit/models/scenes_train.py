@@ -170,9 +170,10 @@ SCENES_PRESETS["probe-edge"] = replace(SCENES_PRESETS["probe"], vae_edge_weight=
 # (79%), relation 93 -> 88% (89%), count prompts' count 47 -> 37%. Kept as a recorded negative result
 SCENES_PRESETS["probe-edge-fg"] = replace(SCENES_PRESETS["probe-edge"], flow_fg_weight=4.0)
 # probe-edge with the flow stage in bf16 autocast (`flow_bf16`) and the steps that buys in the same wall time (3,000 x
-# 0.65 s = 3,850 x 0.50 s). Measured with flow_fg_weight 4 on one shared VAE (issue 16, 300 held-out pairs, CFG 2):
-# against float32's 3,000 steps, all attributes 32% -> 46%, single shape 78 -> 86%, single size 64 -> 79%, relation
-# colour 84 -> 94%, relation shape 37 -> 45%, count prompts' count 42 -> 57%
+# 0.65 s = 3,850 x 0.50 s, both beside another job; bf16 alone ran 0.38 s/step). The best run so far (issue 16, one
+# shared VAE, 300 held-out pairs, CFG 2; probe-edge's 3,000 float32 steps in brackets): all attributes 51% (37),
+# single shape 81% (79), single size 85% (87), relation 95% (91), relation colour 96% (90), relation shape 55% (31),
+# relation size 73% (74), count prompts' count 58% (53). Flow stage 1,661 s; 46 min end to end with the VAE's 926 s
 SCENES_PRESETS["probe-bf16"] = replace(SCENES_PRESETS["probe-edge"], flow_bf16=True, transformer_steps=3850)
 # probe with 4 double + 4 single blocks (~1.3x the step time, so 2,400 steps: the same hour). Measured beside probe:
 # worse at the same wall time (relation 87%, all 28%) and a 62 MB folder (over the 60 MB budget)
