@@ -105,7 +105,8 @@ class ScenesConfig:
     # second core gives); the VAE's convolutions do gain from two (0.67 -> 0.50 s per step), so it keeps them.
     flow_threads: int | None = None
     # the flow stage's forward and backward under CPU bf16 autocast (weights, Adam and EMA stay float32). On the
-    # 2-core machine's AMD EPYC (AVX512-BF16), one thread, batch 32: 0.49 s per step against 0.63 s in float32
+    # 2-core machine's AMD EPYC (AVX512-BF16), one thread, batch 32: 0.38 s per step alone (0.49-0.50 beside another
+    # job) against 0.63 s in float32
     # (torch warns once that rms_norm leaves its fused kernel for mixed dtypes: harmless)
     flow_bf16: bool = False
     # prompt-structure objective (`scene_probe`): probes on T5's tokens and CLIP's pooled vector that must read
