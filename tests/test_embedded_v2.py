@@ -219,3 +219,31 @@ def test_flow_bf16_runs_the_transformer_in_bfloat16_and_keeps_float32_weights(tm
         assert {f.get_slice(name).get_dtype() for name in f.keys()} == {"F32"}
     # same seeds, same data: the first steps' loss differs only by bfloat16 rounding (relative, 5%)
     assert half["transformer_loss_first"] == pytest.approx(plain_smoke[1]["transformer_loss_first"], rel=0.05)
+
+
+def test_flow_compile_sends_every_flow_step_through_torch_compile(tmp_path, plain_smoke, monkeypatch):
+    """flow_compile: the transformer is handed to torch.compile and every flow step's forward goes through what it
+    returns. torch.compile is replaced by a counting pass-through (a real compile takes minutes on 2 cores: the
+    speed-up is measured by the training runs in the preset comments), so the run must equal the plain one exactly
+    and save the same weights."""
+    from diffusers import FluxTransformer2DModel
+
+    compiled, calls = [], []
+
+    def counting_compile(module):
+        compiled.append(module)
+
+        def forward(*args, **kwargs):
+            calls.append(1)
+            return module(*args, **kwargs)
+
+        return forward
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    config = replace(SCENES_PRESETS["smoke"], flow_compile=True)
+    report = train_scenes(tmp_path, config, log=lambda message: None)
+    assert len(compiled) == 1 and isinstance(compiled[0], FluxTransformer2DModel)
+    assert len(calls) == config.transformer_steps
+    plain_folder, plain = plain_smoke
+    assert report["transformer_loss_last"] == plain["transformer_loss_last"]
+    assert (tmp_path / TRANSFORMER_FILE).read_bytes() == (plain_folder / TRANSFORMER_FILE).read_bytes()

@@ -109,6 +109,10 @@ class ScenesConfig:
     # job) against 0.63 s in float32
     # (torch warns once that rms_norm leaves its fused kernel for mixed dtypes: harmless)
     flow_bf16: bool = False
+    # the flow stage's transformer through torch.compile (inductor; needs a C++ compiler, as on the training machine).
+    # Measured there, one thread, bf16, batch 32, three jobs on the 2 cores: 0.43-0.46 s per step against 0.56-0.62
+    # eager; the first step compiles for ~170 s (scripts/ measurement: see the probe-compile preset)
+    flow_compile: bool = False
     # prompt-structure objective (`scene_probe`): probes on T5's tokens and CLIP's pooled vector that must read
     # back each object's place and attributes; 0 / 0 = off (the runs before it: the encoders learned a bag of words)
     probe_weight: float = 0.0  # × the probe's cross-entropy, added to the flow loss

@@ -231,7 +231,8 @@ def train_flow(
         latents: (mean, std) of the VAE posterior of every training image, from `encode_latents`.
         prompts: one prompt per image.
         config: reads seed, transformer_steps, batch_size, lr, warmup_steps, min_lr_ratio, weight_decay,
-            ema_decay, prompt_dropout, grad_clip (and text_lr when training the encoders; flow_bf16 if present).
+            ema_decay, prompt_dropout, grad_clip (and text_lr when training the encoders; flow_bf16 and
+            flow_compile if present).
         text_length: T5 `max_sequence_length`, as in the generation defaults.
         train_text_encoders: train CLIP and T5 jointly through the flow loss (else frozen).
         auxiliary: with train_text_encoders, a module whose `loss(prompts, embeds, pooled)` is added to the flow
@@ -293,6 +294,9 @@ def train_flow(
     losses, auxiliary_losses = [], []
     # bf16 autocast (config.flow_bf16): the matrices in bfloat16, weights, optimizer and EMA in float32
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(getattr(config, "flow_bf16", False)))
+    # config.flow_compile: the transformer's forward (and so its backward) through torch.compile; the compiled
+    # callable shares the transformer's parameters, so the optimizer, EMA and saving see no difference
+    forward = torch.compile(transformer) if getattr(config, "flow_compile", False) else transformer
     progress = tqdm(range(config.transformer_steps), desc="flow", mininterval=10)
     for step in progress:
         idx = torch.randint(len(latent_mean), (config.batch_size,), generator=generator)
@@ -311,7 +315,7 @@ def train_flow(
                 embeds, pooled, _ = pipe.encode_prompt(batch_prompts, prompt_2=None, max_sequence_length=text_length)
             else:
                 embeds, pooled = text_embeds[text_idx], pooled_embeds[text_idx]
-            prediction = transformer(
+            prediction = forward(
                 hidden_states=x_t,
                 encoder_hidden_states=embeds,
                 pooled_projections=pooled,
