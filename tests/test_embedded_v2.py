@@ -175,11 +175,31 @@ def test_latent_cell_weights_mark_the_cells_an_object_covers():
     assert torch.equal(weights, expected)
 
 
+def watch_flow_timesteps(monkeypatch, seen: list) -> None:
+    """Make `scenes_train.build_scenes_pipeline` hook its transformer so `seen` gets every call's `timestep` (σ)."""
+    from quantkit.models import scenes_train
+
+    built = scenes_train.build_scenes_pipeline
+
+    def build_and_watch(*args, **kwargs):
+        pipe = built(*args, **kwargs)
+        pipe.transformer.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(kwargs["timestep"].clone()), with_kwargs=True
+        )
+        return pipe
+
+    monkeypatch.setattr(scenes_train, "build_scenes_pipeline", build_and_watch)
+
+
 @pytest.fixture(scope="module")
 def plain_smoke(tmp_path_factory):
-    """The smoke preset trained once for this module: (folder, report)."""
+    """The smoke preset trained once for this module: (folder, report, σ of its flow steps, one row per step)."""
     folder = tmp_path_factory.mktemp("plain-smoke")
-    return folder, train_scenes(folder, SCENES_PRESETS["smoke"], log=lambda message: None)
+    seen: list[torch.Tensor] = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        watch_flow_timesteps(monkeypatch, seen)
+        report = train_scenes(folder, SCENES_PRESETS["smoke"], log=lambda message: None)
+    return folder, report, torch.stack(seen[: SCENES_PRESETS["smoke"].transformer_steps])
 
 
 TRANSFORMER_FILE = "transformer/diffusion_pytorch_model.safetensors"
@@ -191,7 +211,7 @@ def test_flow_fg_weight_reaches_the_flow_loss(tmp_path, plain_smoke):
 
     config = SCENES_PRESETS["smoke"]
     assert flow_cell_weights(build_scenes_pipeline(0), None, config) is None
-    plain_folder, plain = plain_smoke
+    plain_folder, plain, _ = plain_smoke
     weighted = train_scenes(tmp_path / "weighted", replace(config, flow_fg_weight=4.0), log=lambda message: None)
     assert (plain_folder / TRANSFORMER_FILE).read_bytes() != (tmp_path / "weighted" / TRANSFORMER_FILE).read_bytes()
     assert plain["transformer_loss_first"] != weighted["transformer_loss_first"]
@@ -244,6 +264,18 @@ def test_flow_compile_sends_every_flow_step_through_torch_compile(tmp_path, plai
     report = train_scenes(tmp_path, config, log=lambda message: None)
     assert len(compiled) == 1 and isinstance(compiled[0], FluxTransformer2DModel)
     assert len(calls) == config.transformer_steps
-    plain_folder, plain = plain_smoke
+    plain_folder, plain, _ = plain_smoke
     assert report["transformer_loss_last"] == plain["transformer_loss_last"]
     assert (tmp_path / TRANSFORMER_FILE).read_bytes() == (plain_folder / TRANSFORMER_FILE).read_bytes()
+
+
+def test_flow_logit_mean_moves_every_drawn_noise_level_toward_the_clean_end(tmp_path, plain_smoke, monkeypatch):
+    """flow_logit_mean shifts the logit-normal before the same random draws: with the same seed, every σ the
+    transformer is trained at (its `timestep` argument) is lower than in the run at mean 0."""
+    seen: list[torch.Tensor] = []
+    watch_flow_timesteps(monkeypatch, seen)
+    smoke = SCENES_PRESETS["smoke"]
+    train_scenes(tmp_path, replace(smoke, flow_logit_mean=-1.0), log=lambda message: None)
+    shifted, plain = torch.stack(seen[: smoke.transformer_steps]), plain_smoke[2]
+    assert shifted.shape == plain.shape == (smoke.transformer_steps, smoke.batch_size)
+    assert bool((shifted < plain).all())

@@ -98,6 +98,9 @@ class ScenesConfig:
     weight_decay: float = 0.01
     ema_decay: float = 0.995  # a short run: the EMA must forget the early weights within ~200 steps
     prompt_dropout: float = 0.1  # fraction of prompts replaced by "" (unconditional, for true CFG)
+    # mean of the logit-normal the flow stage draws its noise levels from (SD3: 0); below 0 trains more on the
+    # low-noise end of the path, where the transformer must tell a small square's corners from a circle's
+    flow_logit_mean: float = 0.0
     flow_fg_weight: float = 1.0  # latent cells that cover an object, in the flow loss (`latent_cell_weights`)
     grad_clip: float = 1.0
     # torch threads in the flow stage (None: as set). Its matrices are small (16 image + 16 text tokens): on the

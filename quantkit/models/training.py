@@ -231,8 +231,8 @@ def train_flow(
         latents: (mean, std) of the VAE posterior of every training image, from `encode_latents`.
         prompts: one prompt per image.
         config: reads seed, transformer_steps, batch_size, lr, warmup_steps, min_lr_ratio, weight_decay,
-            ema_decay, prompt_dropout, grad_clip (and text_lr when training the encoders; flow_bf16 and
-            flow_compile if present).
+            ema_decay, prompt_dropout, grad_clip (and text_lr when training the encoders; flow_bf16,
+            flow_compile and flow_logit_mean if present).
         text_length: T5 `max_sequence_length`, as in the generation defaults.
         train_text_encoders: train CLIP and T5 jointly through the flow loss (else frozen).
         auxiliary: with train_text_encoders, a module whose `loss(prompts, embeds, pooled)` is added to the flow
@@ -297,14 +297,16 @@ def train_flow(
     # config.flow_compile: the transformer's forward (and so its backward) through torch.compile; the compiled
     # callable shares the transformer's parameters, so the optimizer, EMA and saving see no difference
     forward = torch.compile(transformer) if getattr(config, "flow_compile", False) else transformer
+    logit_mean = float(getattr(config, "flow_logit_mean", 0.0))
     progress = tqdm(range(config.transformer_steps), desc="flow", mininterval=10)
     for step in progress:
         idx = torch.randint(len(latent_mean), (config.batch_size,), generator=generator)
         z = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=generator)
         x0 = FluxPipeline._pack_latents((z - shift) * scaling, config.batch_size, channels, height, width)
         noise = torch.randn(x0.shape, generator=generator)
-        # logit-normal σ (SD3's choice: most steps in the middle of the path), then the pipeline's time shift
-        u = torch.sigmoid(torch.randn(config.batch_size, generator=generator))
+        # logit-normal σ (SD3's choice: most steps in the middle of the path; config.flow_logit_mean < 0 moves
+        # them toward the clean end, where small shapes get their corners), then the pipeline's time shift
+        u = torch.sigmoid(logit_mean + torch.randn(config.batch_size, generator=generator))
         sigma = math.exp(mu) / (math.exp(mu) + (1 / u - 1))
         x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         text_idx = prompt_ids[idx].clone()
