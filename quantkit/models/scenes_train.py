@@ -108,13 +108,15 @@ class ScenesConfig:
     # second core gives); the VAE's convolutions do gain from two (0.67 -> 0.50 s per step), so it keeps them.
     flow_threads: int | None = None
     # the flow stage's forward and backward under CPU bf16 autocast (weights, Adam and EMA stay float32). On the
-    # 2-core machine's AMD EPYC (AVX512-BF16), one thread, batch 32: 0.38 s per step alone (0.49-0.50 beside another
-    # job) against 0.63 s in float32
+    # 2-core machine's AMD EPYC (AVX512-BF16), one thread, batch 32, beside another job: 0.49-0.50 s per step
+    # against 0.63-0.65 s in float32. Alone, whole steps (text encoders, probes, optimizer and EMA included) took 0.43
+    # s averaged over probe-bf16's 3,850-step run and 0.49 s over a 600-step run another day: the machine drifts
     # (torch warns once that rms_norm leaves its fused kernel for mixed dtypes: harmless)
     flow_bf16: bool = False
-    # the flow stage's transformer through torch.compile (inductor; needs a C++ compiler, as on the training machine).
-    # Measured there, one thread, bf16, batch 32, three jobs on the 2 cores: 0.43-0.46 s per step against 0.56-0.62
-    # eager; the first step compiles for ~170 s (scripts/ measurement: see the probe-compile preset)
+    # the flow stage's transformer forward (and backward) through torch.compile (inductor: needs a C++ compiler, as
+    # the training machine has). Measured there, bf16, one thread, batch 32, two 600-step runs back to back, each
+    # alone: 0.41 s per whole step compiled against 0.49 eager (steps 100-600); beside another job 0.46 against
+    # 0.49-0.50. The first step compiles: 6 s with inductor's cache warm, 167 s cold beside two other jobs
     flow_compile: bool = False
     # prompt-structure objective (`scene_probe`): probes on T5's tokens and CLIP's pooled vector that must read
     # back each object's place and attributes; 0 / 0 = off (the runs before it: the encoders learned a bag of words)
@@ -183,6 +185,13 @@ SCENES_PRESETS["probe-edge-fg"] = replace(SCENES_PRESETS["probe-edge"], flow_fg_
 # single shape 81% (79), single size 85% (87), relation 95% (91), relation colour 96% (90), relation shape 55% (31),
 # relation size 73% (74), count prompts' count 58% (53). Flow stage 1,661 s; 46 min end to end with the VAE's 926 s
 SCENES_PRESETS["probe-bf16"] = replace(SCENES_PRESETS["probe-edge"], flow_bf16=True, transformer_steps=3850)
+# probe-bf16 through torch.compile (`flow_compile`) for 7,500 flow steps. Measured (issue 16, the shared VAE, 300 held-out
+# pairs, CFG 2; probe-bf16 in brackets): all attributes 74% (51); single shape 96% (81), size 100% (85), colour 99%,
+# count and background 100% - the single-object target met; relation 99%, relation colour 98%, size 93% (73), shape
+# 72% (55) - shape the one attribute under 85%; count prompts' count 77% (58). The same samples as batch 64 x 3,750
+# steps (all 66%, single shape 89%, relation shape 67%): more steps beat a larger batch. Over the hour: its flow stage
+# took 3,438 s beside another job; alone, 1,080 s of other stages + 7,500 x 0.41 s + the compile is ~72 min
+SCENES_PRESETS["probe-long"] = replace(SCENES_PRESETS["probe-bf16"], flow_compile=True, transformer_steps=7500)
 # probe with 4 double + 4 single blocks (~1.3x the step time, so 2,400 steps: the same hour). Measured beside probe:
 # worse at the same wall time (relation 87%, all 28%) and a 62 MB folder (over the 60 MB budget)
 SCENES_PRESETS["probe-deep"] = replace(
