@@ -185,7 +185,7 @@ SCENES_PRESETS["probe-edge-fg"] = replace(SCENES_PRESETS["probe-edge"], flow_fg_
 # single shape 81% (79), single size 85% (87), relation 95% (91), relation colour 96% (90), relation shape 55% (31),
 # relation size 73% (74), count prompts' count 58% (53). Flow stage 1,661 s; 46 min end to end with the VAE's 926 s
 SCENES_PRESETS["probe-bf16"] = replace(SCENES_PRESETS["probe-edge"], flow_bf16=True, transformer_steps=3850)
-# probe-bf16 through torch.compile (`flow_compile`) for 7,500 flow steps. Measured (issue 16, the shared VAE, 300 held-out
+# probe-bf16 through torch.compile (`flow_compile`), 7,500 flow steps. Measured (issue 16, the shared VAE, 300 held-out
 # pairs, CFG 2; probe-bf16 in brackets): all attributes 74% (51); single shape 96% (81), size 100% (85), colour 99%,
 # count and background 100% - the single-object target met; relation 99%, relation colour 98%, size 93% (73), shape
 # 72% (55) - shape the one attribute under 85%; count prompts' count 77% (58). The same samples as batch 64 x 3,750
