@@ -279,3 +279,15 @@ def test_flow_logit_mean_moves_every_drawn_noise_level_toward_the_clean_end(tmp_
     shifted, plain = torch.stack(seen[: smoke.transformer_steps]), plain_smoke[2]
     assert shifted.shape == plain.shape == (smoke.transformer_steps, smoke.batch_size)
     assert bool((shifted < plain).all())
+
+
+def test_flow_compile_without_a_cpp_compiler_fails_before_any_stage(tmp_path, monkeypatch):
+    """No compiler on PATH: train_scenes raises at once, names both fixes, and writes nothing."""
+    import shutil
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=r"'g\+\+' is not on PATH.*apt install g\+\+.*flow_compile=False"):
+        train_scenes(out, replace(SCENES_PRESETS["smoke"], flow_compile=True), log=lambda message: None)
+    assert not out.exists()
