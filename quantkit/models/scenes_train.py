@@ -35,8 +35,9 @@ import torch
 from quantkit.models import scenes
 from quantkit.models.defaults import write_generation_defaults
 from quantkit.models.evaluation import torch_threads
+from quantkit.models.flow_parallel import check_ranks, train_flow_ranks
 from quantkit.models.tiny import build_clip_text_model, build_clip_tokenizer, build_t5_encoder, build_t5_tokenizer
-from quantkit.models.training import encode_latents, finetune_decoder, latent_cell_weights, train_flow, train_vae
+from quantkit.models.training import encode_latents, finetune_decoder, latent_cell_weights, train_vae
 
 # The longest prompt ("a small red circle left of a large blue square on a yellow background") is 14 words:
 # 15 T5 tokens with </s>, 16 CLIP tokens with BOS and EOS. FluxPipeline pads T5 to max_sequence_length, so the
@@ -118,6 +119,9 @@ class ScenesConfig:
     # alone: 0.41 s per whole step compiled against 0.49 eager (steps 100-600); beside another job 0.46 against
     # 0.49-0.50. The first step compiles: 6 s with inductor's cache warm, 167 s cold beside two other jobs
     flow_compile: bool = False
+    # processes the flow stage runs on, one thread each, the batch split between them (`flow_parallel`): 2 puts the
+    # training machine's second core to work, which a second thread in one process does not
+    flow_ranks: int = 1
     # prompt-structure objective (`scene_probe`): probes on T5's tokens and CLIP's pooled vector that must read
     # back each object's place and attributes; 0 / 0 = off (the runs before it: the encoders learned a bag of words)
     probe_weight: float = 0.0  # × the probe's cross-entropy, added to the flow loss
@@ -354,6 +358,7 @@ def continue_flow(out: str | Path, steps: int, lr: float | None = None, log=prin
     report = json.loads((out / "training_report.json").read_text())
     config = ScenesConfig(**{**asdict(ScenesConfig()), **report["config"]})
     check_flow_compile(config)
+    check_ranks(config.flow_ranks, config.batch_size)
     rounds = report.setdefault("flow_continuations", [])
     rate = lr if lr is not None else config.lr / 2
     more = replace(
@@ -369,12 +374,13 @@ def continue_flow(out: str | Path, steps: int, lr: float | None = None, log=prin
     start = time.perf_counter()
     latents = encode_latents(pipe.vae, images)
     with torch_threads(config.flow_threads):
-        result = train_flow(
+        result = train_flow_ranks(
             pipe,
             latents,
             prompts,
             more,
             SCENES_TEXT_LENGTH,
+            ranks=config.flow_ranks,
             train_text_encoders=True,
             log=log,
             cell_weights=flow_cell_weights(pipe, images, config),
@@ -465,6 +471,7 @@ def train_scenes(
     import os
 
     check_flow_compile(config)
+    check_ranks(config.flow_ranks, config.batch_size)
     out = Path(out)
     vae_from = Path(vae_from) if vae_from is not None else None
     source_report = _vae_source_report(vae_from, config) if vae_from is not None else None
@@ -520,12 +527,13 @@ def train_scenes(
 
     start = time.perf_counter()
     with torch_threads(config.flow_threads):
-        flow = train_flow(
+        flow = train_flow_ranks(
             pipe,
             latents,
             prompts,
             config,
             SCENES_TEXT_LENGTH,
+            ranks=config.flow_ranks,
             train_text_encoders=True,
             log=log,
             auxiliary=probe if config.probe_weight else None,

@@ -212,6 +212,19 @@ def encode_latents(vae, images: np.ndarray, chunk: int = 128) -> tuple[torch.Ten
     return torch.cat(means), torch.cat(stds)
 
 
+def average_gradients(params: list[torch.Tensor], world: int) -> None:
+    """All-reduce the gradients of `params` across the torch.distributed group in one flat buffer and divide by
+    `world` (a parameter without a gradient this step counts as zeros, so every rank sends the same layout)."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    for p, part in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+        p.grad = part.view_as(p)
+
+
 def train_flow(
     pipe,
     latents: tuple[torch.Tensor, torch.Tensor],
@@ -223,6 +236,8 @@ def train_flow(
     auxiliary: torch.nn.Module | None = None,
     auxiliary_weight: float = 0.0,
     cell_weights: torch.Tensor | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict:
     """Train `pipe.transformer` (and optionally both text encoders) by rectified flow; load the EMA weights.
 
@@ -239,6 +254,10 @@ def train_flow(
             loss × `auxiliary_weight` and whose parameters train with the encoders (e.g. `scene_probe.PromptProbe`).
         cell_weights: (N, 1, h, w) per-latent-cell weights of the velocity MSE, one map per image (e.g.
             `latent_cell_weights`); None = plain MSE. The loss is normalised by the weights' sum.
+        rank, world: this process's place among `world` data-parallel ranks (`flow_parallel.train_flow_ranks`
+            sets them, inside an initialised torch.distributed group): each rank draws its own
+            batch_size / world samples and the gradients are averaged before every optimizer step, so all ranks
+            take the same steps. Only rank 0 logs. Defaults: one process, unchanged.
 
     Returns:
         dict with the mean loss over the first and last 200 steps.
@@ -246,7 +265,10 @@ def train_flow(
     from diffusers import FluxPipeline
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-    generator = torch.Generator().manual_seed(config.seed + 1)
+    generator = torch.Generator().manual_seed(config.seed + 1 + 7919 * rank)  # rank 0: the one-process stream
+    batch = config.batch_size // world
+    if rank > 0:
+        log = lambda message: None  # noqa: E731 - rank 0 speaks for all
     vae, transformer = pipe.vae, pipe.transformer
     latent_mean, latent_std = latents
     channels, height, width = latent_mean.shape[1:]
@@ -298,19 +320,19 @@ def train_flow(
     # callable shares the transformer's parameters, so the optimizer, EMA and saving see no difference
     forward = torch.compile(transformer) if getattr(config, "flow_compile", False) else transformer
     logit_mean = float(getattr(config, "flow_logit_mean", 0.0))
-    progress = tqdm(range(config.transformer_steps), desc="flow", mininterval=10)
+    progress = tqdm(range(config.transformer_steps), desc="flow", mininterval=10, disable=rank > 0)
     for step in progress:
-        idx = torch.randint(len(latent_mean), (config.batch_size,), generator=generator)
+        idx = torch.randint(len(latent_mean), (batch,), generator=generator)
         z = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=generator)
-        x0 = FluxPipeline._pack_latents((z - shift) * scaling, config.batch_size, channels, height, width)
+        x0 = FluxPipeline._pack_latents((z - shift) * scaling, batch, channels, height, width)
         noise = torch.randn(x0.shape, generator=generator)
         # logit-normal σ (SD3's choice: most steps in the middle of the path; config.flow_logit_mean < 0 moves
         # them toward the clean end, where small shapes get their corners), then the pipeline's time shift
-        u = torch.sigmoid(logit_mean + torch.randn(config.batch_size, generator=generator))
+        u = torch.sigmoid(logit_mean + torch.randn(batch, generator=generator))
         sigma = math.exp(mu) / (math.exp(mu) + (1 / u - 1))
         x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         text_idx = prompt_ids[idx].clone()
-        text_idx[torch.rand(config.batch_size, generator=generator) < config.prompt_dropout] = empty_id
+        text_idx[torch.rand(batch, generator=generator) < config.prompt_dropout] = empty_id
         with autocast:
             if train_text_encoders:  # the pipeline's own encoding path, with gradients
                 batch_prompts = [unique[i] for i in text_idx.tolist()]
@@ -330,7 +352,7 @@ def train_flow(
             loss = F.mse_loss(prediction, noise - x0)
         else:
             weight = cell_weights[idx].expand(-1, channels, -1, -1)
-            weight = FluxPipeline._pack_latents(weight, config.batch_size, channels, height, width)
+            weight = FluxPipeline._pack_latents(weight, batch, channels, height, width)
             loss = ((prediction - (noise - x0)) ** 2 * weight).sum() / weight.sum()
         total = loss
         if auxiliary is not None and train_text_encoders:
@@ -339,6 +361,8 @@ def train_flow(
             auxiliary_losses.append(extra.item())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if world > 1:
+            average_gradients(params, world)
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         scheduler.step()
