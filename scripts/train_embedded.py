@@ -67,6 +67,7 @@ def scenes_main(args) -> int:
         vae_steps=args.vae_steps,
         transformer_steps=args.transformer_steps,
         batch_size=args.batch_size,
+        flow_ranks=args.flow_ranks,
     )
     out = args.out or Path(tempfile.mkdtemp(prefix="tiny-flux-scenes-smoke-"))
     print(f"preset {preset}: {config}\nwriting to {out}", flush=True)
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--transformer-steps", type=int)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument(
+        "--flow-ranks", type=int, help="v2: processes for the flow stage, one thread each (2 on a 2-core machine)"
+    )
     parser.add_argument("--eval-pairs", type=int)
     parser.add_argument(
         "--evaluate-only",
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.pipeline == "scenes":
         return scenes_main(args)
+    if args.flow_ranks is not None:
+        parser.error("--flow-ranks is for --pipeline scenes (v1 trains in one process)")
     if args.evaluate_only:
         return evaluate_only(args)
 

@@ -76,3 +76,25 @@ def test_smoke_run_on_two_ranks_trains_and_saves_one_agreed_model(tmp_path):
     initial = build_scenes_pipeline(0).transformer.state_dict()
     moved = [name for name, weight in saved.items() if not torch.equal(weight, initial[name])]
     assert len(moved) > len(saved) // 2
+
+
+def _script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "train_embedded.py"
+    spec = importlib.util.spec_from_file_location("train_embedded_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_train_embedded_flow_ranks_flag_is_checked_before_training(tmp_path, capsys):
+    """`--flow-ranks` reaches the v2 config (a bad value stops the run before any stage, with the fix named) and
+    is refused for v1, which has no such stage."""
+    script = _script()
+    with pytest.raises(SystemExit, match=r"error: flow_ranks=3 does not divide batch_size=4"):
+        script.main(["--pipeline", "scenes", "--preset", "smoke", "--flow-ranks", "3", "--out", str(tmp_path / "v2")])
+    assert not (tmp_path / "v2").exists()
+    with pytest.raises(SystemExit) as stopped:
+        script.main(["--smoke", "--flow-ranks", "2"])
+    assert stopped.value.code == 2 and "--flow-ranks is for --pipeline scenes" in capsys.readouterr().err
