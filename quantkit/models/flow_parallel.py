@@ -9,6 +9,11 @@ every rank takes the same optimizer step, so the global batch is `batch_size`, a
 The ranks start from the parent's weights (the pipeline is pickled into each); rank 0 writes its final (EMA)
 weights back and every rank a checksum of them, which the parent compares: ranks that drifted apart raise
 instead of saving a half-synchronised model. Progress and logs come from rank 0, on its stdout.
+
+The ranks are started with torch.multiprocessing's "spawn", which imports the calling script again in each rank:
+a script that trains with flow_ranks > 1 must keep its work under `if __name__ == "__main__":` (as
+scripts/train_embedded.py does), or every rank re-runs the script from the top (measured: it redid the dataset and
+text stages instead of training).
 """
 
 from __future__ import annotations
