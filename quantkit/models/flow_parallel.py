@@ -18,6 +18,7 @@ text stages instead of training).
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
@@ -52,6 +53,13 @@ def _rank_main(rank, ranks, folder, pipe, latents, prompts, config, text_length,
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    # torch.multiprocessing hands every rank the parent's tensors in shared memory: without private copies the
+    # ranks' optimizer steps would all land on the same weights (a CI run caught them ending apart)
+    pipe = copy.copy(pipe)
+    for name in ("transformer", "text_encoder", "text_encoder_2"):
+        setattr(pipe, name, copy.deepcopy(getattr(pipe, name)))
+    if kwargs.get("auxiliary") is not None:
+        kwargs = {**kwargs, "auxiliary": copy.deepcopy(kwargs["auxiliary"])}
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=ranks)
     try:
         result = train_flow(pipe, latents, prompts, config, text_length, rank=rank, world=ranks, log=print, **kwargs)

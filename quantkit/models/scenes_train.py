@@ -122,10 +122,9 @@ class ScenesConfig:
     # 0.49-0.50. The first step compiles: 6 s with inductor's cache warm, 167 s cold beside two other jobs
     flow_compile: bool = False
     # processes the flow stage runs on, one thread each, the batch split between them (`flow_parallel`): 2 puts the
-    # training machine's second core to work, which a second thread in one process does not. Measured there (bf16 +
-    # compile, batch 32, alone, steps 100-500): 2 ranks x 16 samples 0.38 s per step against 0.41 s in one process -
-    # only 1.08x: each rank still runs the text encoders, the probes, AdamW and the EMA over all ~12 M parameters and
-    # the 50 MB gradient all-reduce every step; the first step (new shapes) compiled for 73 s
+    # training machine's second core to work. Measured there (bf16 + compile, batch 32, alone): 2 ranks x 16 samples
+    # 0.38 s per step against 0.41 s in one process, only 1.08x (each rank still runs AdamW, the EMA and a 50 MB
+    # all-reduce over all ~12 M parameters every step)
     flow_ranks: int = 1
     # prompt-structure objective (`scene_probe`): probes on T5's tokens and CLIP's pooled vector that must read
     # back each object's place and attributes; 0 / 0 = off (the runs before it: the encoders learned a bag of words)
@@ -197,9 +196,8 @@ SCENES_PRESETS["probe-bf16"] = replace(SCENES_PRESETS["probe-edge"], flow_bf16=T
 # probe-bf16 through torch.compile (`flow_compile`), 7,500 flow steps. Measured (issue 16, the shared VAE, 300 held-out
 # pairs, CFG 2; probe-bf16 in brackets): all attributes 74% (51); single shape 96% (81), size 100% (85), colour 99%,
 # count and background 100% - the single-object target met; relation 99%, relation colour 98%, size 93% (73), shape
-# 72% (55) - shape the one attribute under 85%; count prompts' count 77% (58). The same samples as batch 64 x 3,750
-# steps (all 66%, single shape 89%, relation shape 67%): more steps beat a larger batch. Over the hour: its flow stage
-# took 3,438 s beside another job; alone, 1,080 s of other stages + 7,500 x 0.41 s + the compile is ~72 min
+# 72% (55) - under 85%; count prompts' count 77% (58). Batch 64 x 3,750 (the same samples): all 66%, single shape 89%.
+# Over the hour: flow stage 3,438 s beside another job; alone, 1,080 s of other stages + 7,500 x 0.41 s is ~72 min
 SCENES_PRESETS["probe-long"] = replace(SCENES_PRESETS["probe-bf16"], flow_compile=True, transformer_steps=7500)
 # probe with 4 double + 4 single blocks (~1.3x the step time, so 2,400 steps: the same hour). Measured beside probe:
 # worse at the same wall time (relation 87%, all 28%) and a 62 MB folder (over the 60 MB budget)
@@ -216,12 +214,8 @@ def flow_cell_weights(pipe, images: np.ndarray, config: ScenesConfig) -> torch.T
 
 
 def check_flow_compile(config: ScenesConfig) -> None:
-    """`flow_compile` needs the C++ compiler torch.compile's inductor calls ($CXX, else g++): checked before any
-    stage runs, so a missing one fails in a second rather than after the VAE stage's quarter hour.
-
-    Raises:
-        RuntimeError: config.flow_compile and no such compiler on PATH.
-    """
+    """Raises RuntimeError if `flow_compile` is set and the C++ compiler inductor calls ($CXX, else g++) is not on
+    PATH: checked before any stage, not after the VAE stage's quarter hour."""
     import os
     import shutil
 
