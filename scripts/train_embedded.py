@@ -46,11 +46,11 @@ def scenes_main(args) -> int:
                 "--evaluate-only / --continue-decoder / --continue-flow need --out (a folder written by this script)"
             )
         if args.continue_flow:
-            from quantkit.models.scenes_train import continue_flow
+            from quantkit.models.scenes_continue import continue_flow
 
             continue_flow(args.out, args.continue_flow, log=log)
         if args.continue_decoder:
-            from quantkit.models.scenes_train import continue_with_decoder
+            from quantkit.models.scenes_continue import continue_with_decoder
 
             continue_with_decoder(args.out, log=log)
         if not args.no_evaluate:

@@ -80,7 +80,7 @@ def test_smoke_output_reloads_and_draws_64_px(tmp_path, monkeypatch):
     assert order["same"] == 0.0 and order["same_text"] == 0.0  # one prompt twice: no distance
     assert order["axis"] > 0 and order["left_right_text"] > 0  # different words: the encoders and the velocity move
 
-    from quantkit.models.scenes_train import continue_flow
+    from quantkit.models.scenes_continue import continue_flow
 
     vae_before = (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
     transformer_before = (out / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
