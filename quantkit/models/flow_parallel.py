@@ -54,8 +54,8 @@ def _rank_main(rank, ranks, folder, pipe, latents, prompts, config, text_length,
 
     torch.set_num_threads(1)
     # torch.multiprocessing hands every rank the parent's tensors in shared memory: without private copies the
-    # ranks' optimizer steps would all land on the same weights (a CI run caught them ending apart)
-    pipe = copy.copy(pipe)
+    # ranks' optimizer steps would all land on the same weights (a CI run caught them ending apart). The pipeline
+    # object itself is already this rank's own (unpickled here); only the tensors it holds are shared
     for name in ("transformer", "text_encoder", "text_encoder_2"):
         setattr(pipe, name, copy.deepcopy(getattr(pipe, name)))
     if kwargs.get("auxiliary") is not None:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from quantkit.models import scenes
 from quantkit.models.evaluation import torch_threads
-from quantkit.models.flow_parallel import check_ranks, train_flow_ranks
+from quantkit.models.flow_parallel import train_flow_ranks
 from quantkit.models.scenes_train import (
     SCENES_TEXT_LENGTH,
     ScenesConfig,
-    check_flow_compile,
+    check_flow_stage,
     decoder_stage,
     flow_cell_weights,
 )
@@ -51,7 +51,7 @@ def continue_flow(out: str | Path, steps: int, lr: float | None = None, log=prin
 
     Raises:
         ValueError: steps < 1.
-        RuntimeError: the folder's config has flow_compile and no C++ compiler is found (`check_flow_compile`).
+        RuntimeError: the folder's config has flow_compile and no C++ compiler is found (`check_flow_stage`).
     """
     import os
 
@@ -62,8 +62,7 @@ def continue_flow(out: str | Path, steps: int, lr: float | None = None, log=prin
     out = Path(out)
     report = json.loads((out / "training_report.json").read_text())
     config = ScenesConfig(**{**asdict(ScenesConfig()), **report["config"]})
-    check_flow_compile(config)
-    check_ranks(config.flow_ranks, config.batch_size)
+    check_flow_stage(config)
     rounds = report.setdefault("flow_continuations", [])
     rate = lr if lr is not None else config.lr / 2
     more = replace(

@@ -213,11 +213,14 @@ def flow_cell_weights(pipe, images: np.ndarray, config: ScenesConfig) -> torch.T
     return latent_cell_weights(images, pipe.vae_scale_factor, config.flow_fg_weight)
 
 
-def check_flow_compile(config: ScenesConfig) -> None:
-    """Raises RuntimeError if `flow_compile` is set and the C++ compiler inductor calls ($CXX, else g++) is not on
-    PATH: checked before any stage, not after the VAE stage's quarter hour."""
+def check_flow_stage(config: ScenesConfig) -> None:
+    """The flow stage's settings, checked before any stage (not after the VAE stage's quarter hour): ValueError
+    from `flow_parallel.check_ranks`; RuntimeError if `flow_compile` is set and the C++ compiler inductor calls
+    ($CXX, else g++) is not on PATH."""
     import os
     import shutil
+
+    check_ranks(config.flow_ranks, config.batch_size)
 
     compiler = os.environ.get("CXX") or "g++"
     if config.flow_compile and shutil.which(compiler) is None:
@@ -387,15 +390,14 @@ def train_scenes(
 
     Raises:
         ValueError: `vae_from`'s VAE was trained with other settings, or holds no trained VAE.
-        RuntimeError: `config.flow_compile` without a C++ compiler (`check_flow_compile`).
+        RuntimeError: `config.flow_compile` without a C++ compiler (`check_flow_stage`).
 
     Returns:
         The report dict.
     """
     import os
 
-    check_flow_compile(config)
-    check_ranks(config.flow_ranks, config.batch_size)
+    check_flow_stage(config)
     out = Path(out)
     vae_from = Path(vae_from) if vae_from is not None else None
     source_report = _vae_source_report(vae_from, config) if vae_from is not None else None
