@@ -238,11 +238,13 @@ An object never has the background's color. Layout rules (jitter, gaps) are in t
 ## Scores
 
 Scorer: `quantkit.models.scene_scorer` — background from the border; objects = connected regions that differ
-from the background; color = nearest palette color, shape = fill ratio of the bounding box (coverage-weighted,
-so soft edges count partially), size = box side, count = number of regions, relation = direction between the two
-matched objects' centers; rules and thresholds in the module docstring. On the dataset's own renders it scores
-100% on every attribute, also after a Gaussian blur (σ 0.8 px) with noise and a color shift of up to ±15 per
-channel (`tests/test_scenes.py`).
+from the background; color = nearest palette color, shape = triangle when the coverage's row profile is skewed
+as an upward triangle's is (blur does not undo that), else circle or square by the fill ratio of the bounding box
+(coverage-weighted, so soft edges count partially), size = box side, count = number of regions, relation =
+direction between the two matched objects' centers; rules and thresholds in the module docstring. On the
+dataset's own renders it scores 100% on every attribute, also after a Gaussian blur (σ 0.8 px) with noise and a
+color shift of up to ±15 per channel, and small shapes keep their shape under a σ 1.5 px blur
+(`tests/test_scenes.py`).
 
 Held-out test pairs: `quantkit.models.scenes_eval.TEST_PAIRS` ({h["n"]} images) from
 `heldout_prompts(n, seed=0, form=...)`, generation seeds ≥ 1,000,000 that training never used. The share of

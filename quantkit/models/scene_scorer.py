@@ -13,8 +13,11 @@ soft edges and slight color drift do not change a verdict:
 4. Coverage of each pixel near an object: its position on the line background → object color (0 … 1), so
    anti-aliased and blurred edges count as partial pixels. Area = summed coverage; width = the widest row's
    coverage, height = the tallest column's.
-5. Shape = fill ratio area / (width × height): triangle < 0.70 ≤ circle < 0.89 ≤ square (a triangle fills 1/2
-   of its box, a circle π/4 ≈ 0.785, a square 1).
+5. Shape: a triangle (drawn pointing up) is top-light: the skewness of its coverage's vertical profile is
+   −2√2/5 ≈ −0.57, a circle's or square's is 0, and blur leaves it far from 0 (it adds variance, not skew), so
+   skewness ≤ −0.28 (halfway) = triangle. Otherwise the fill ratio area / (width × height) decides: circle < 0.89
+   ≤ square (a circle fills π/4 ≈ 0.785 of its box, a square 1). Fill alone misreads small blurred triangles,
+   whose rounded corners raise it past a circle's.
 6. Size = max(width, height): small ≤ 14.5 px < medium < 22 px ≤ large (the dataset draws 10–13, 16–20 and
    24–28). Checked only for objects whose prompt names a size.
 7. Which object is which: for a relation prompt the two largest objects are matched to the two named objects
@@ -37,7 +40,7 @@ from quantkit.models import scenes
 
 FOREGROUND_DISTANCE = 60.0
 MIN_OBJECT_PIXELS = 24
-TRIANGLE_MAX_FILL = 0.70
+TRIANGLE_MAX_SKEW = -0.28
 CIRCLE_MAX_FILL = 0.89
 SMALL_MAX_SIDE = 14.5
 LARGE_MIN_SIDE = 22.0
@@ -64,6 +67,17 @@ def _nearest(color: np.ndarray, palette: dict) -> str:
     return min(palette, key=lambda name: float(np.linalg.norm(color - np.asarray(palette[name], np.float32))))
 
 
+def _vertical_skewness(cover: np.ndarray) -> float:
+    """Skewness of the coverage's row profile (rule 5): < 0 when the mass sits low, as in an upward triangle."""
+    profile = cover.sum(axis=1)
+    total = max(float(profile.sum()), 1e-6)
+    rows = np.arange(len(profile), dtype=np.float64)
+    mean = float((profile * rows).sum()) / total
+    variance = float((profile * (rows - mean) ** 2).sum()) / total
+    third = float((profile * (rows - mean) ** 3).sum()) / total
+    return third / max(variance, 1e-6) ** 1.5
+
+
 def _measure(pixels: np.ndarray, background: np.ndarray, region: np.ndarray, scale: float) -> dict:
     """Color, shape, size and center of one foreground region (rules 3–6)."""
     from scipy import ndimage
@@ -77,7 +91,8 @@ def _measure(pixels: np.ndarray, background: np.ndarray, region: np.ndarray, sca
     area = float(cover.sum())
     width, height = float(cover.sum(axis=1).max()), float(cover.sum(axis=0).max())
     fill = area / max(width * height, 1e-6)
-    shape = "triangle" if fill < TRIANGLE_MAX_FILL else "circle" if fill < CIRCLE_MAX_FILL else "square"
+    skew = _vertical_skewness(cover)
+    shape = "triangle" if skew <= TRIANGLE_MAX_SKEW else "circle" if fill < CIRCLE_MAX_FILL else "square"
     side = max(width, height) / scale
     size = "small" if side <= SMALL_MAX_SIDE else "large" if side >= LARGE_MIN_SIDE else ""
     ys, xs = np.indices(cover.shape)
@@ -87,6 +102,7 @@ def _measure(pixels: np.ndarray, background: np.ndarray, region: np.ndarray, sca
         "shape": shape,
         "size": size,
         "fill_ratio": round(fill, 3),
+        "skewness": round(skew, 3),
         "side": round(side, 1),
         "center": (round(cx / scale, 2), round(cy / scale, 2)),
     }
@@ -97,7 +113,7 @@ def analyze_scene(image) -> dict:
 
     Returns:
         dict with background (word), background_rgb, and objects: a list of dicts with color, shape, size,
-        fill_ratio, side (px, 64-px units), center (x, y in 64-px units), pixels.
+        fill_ratio, skewness, side (px, 64-px units), center (x, y in 64-px units), pixels.
     """
     from scipy import ndimage
 
