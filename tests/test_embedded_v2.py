@@ -139,6 +139,28 @@ def test_the_card_says_how_the_vae_loss_was_weighted():
     assert _vae_weights({}) == ""  # plain MSE
 
 
+def test_the_cards_quantization_table_has_intervals_and_failed_rows():
+    from quantkit.models.model_card_scenes import quantization_table
+
+    ok = {
+        "status": "ok",
+        "bytes": 41.5e6,
+        "psnr": 31.25,
+        "psnr_ci": [30.5, 32.0],
+        "ssim": 0.9,
+        "ssim_ci": [0.88, 0.92],
+    }
+    ok["adherence_all"] = {"shape": 0.8, "shape_ci": [0.7, 0.9], "all": 0.75, "all_ci": [0.65, 0.85]}
+    ok["adherence_two"] = {"all": 0.5, "all_ci": [0.4, 0.6]}
+    table = quantization_table(
+        {"variants": {"quanto-int8 transformer": ok, "gguf-Q4_0 text encoders": {"status": "failed", "error": "boom"}}}
+    )
+    row, failed = [line for line in table.splitlines() if "transformer" in line or "text encoders" in line]
+    assert "| 41.5 |" in row and "80% [70%, 90%]" in row and "50% [40%, 60%]" in row and "31.2 [30.5, 32.0]" in row
+    assert "| – |" in row  # an attribute without a value (relation here) is a dash, not 0%
+    assert "failed" in failed
+
+
 def test_evaluate_only_flags_set_the_generation_defaults_for_both_pipelines():
     """`--num-inference-steps` / `--true-cfg-scale` with `--evaluate-only` (v2 ignored them before)."""
     import importlib.util
@@ -281,13 +303,66 @@ def test_flow_logit_mean_moves_every_drawn_noise_level_toward_the_clean_end(tmp_
     assert bool((shifted < plain).all())
 
 
-def test_flow_compile_without_a_cpp_compiler_fails_before_any_stage(tmp_path, monkeypatch):
+@pytest.mark.parametrize("setting", ["flow_compile", "vae_compile"])
+def test_compile_without_a_cpp_compiler_fails_before_any_stage(tmp_path, monkeypatch, setting):
     """No compiler on PATH: train_scenes raises at once, names both fixes, and writes nothing."""
     import shutil
 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError, match=r"'g\+\+' is not on PATH.*apt install g\+\+.*flow_compile=False"):
-        train_scenes(out, replace(SCENES_PRESETS["smoke"], flow_compile=True), log=lambda message: None)
+    with pytest.raises(
+        RuntimeError, match=rf"{setting}=True .*'g\+\+' is not on PATH.*apt install g\+\+.*{setting}=False"
+    ):
+        train_scenes(out, replace(SCENES_PRESETS["smoke"], **{setting: True}), log=lambda message: None)
     assert not out.exists()
+
+
+VAE_FILE = "vae/diffusion_pytorch_model.safetensors"
+
+
+def test_vae_bf16_runs_the_vae_in_bfloat16_and_keeps_float32_weights(tmp_path, plain_smoke, monkeypatch):
+    """vae_bf16: the VAE's decoder computes in bfloat16 while it trains (seen by a forward hook on its last
+    convolution), the saved weights stay float32 and contiguous, and the VAE loss stays close to float32's."""
+    from safetensors import safe_open
+
+    from quantkit.models import scenes_train
+
+    built = scenes_train.build_scenes_pipeline
+    seen: set[torch.dtype] = set()
+
+    def build_and_watch(*args, **kwargs):
+        pipe = built(*args, **kwargs)
+        pipe.vae.decoder.conv_out.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+        return pipe
+
+    monkeypatch.setattr(scenes_train, "build_scenes_pipeline", build_and_watch)
+    half = train_scenes(tmp_path, replace(SCENES_PRESETS["smoke"], vae_bf16=True), log=lambda message: None)
+    assert torch.bfloat16 in seen
+    with safe_open(tmp_path / VAE_FILE, "pt") as f:
+        assert {f.get_slice(name).get_dtype() for name in f.keys()} == {"F32"}
+    # same seeds, same data: the loss differs only by bfloat16 rounding (relative, 5%)
+    assert half["vae_final_loss"] == pytest.approx(plain_smoke[1]["vae_final_loss"], rel=0.05)
+
+
+def test_vae_compile_sends_every_vae_step_through_torch_compile(tmp_path, plain_smoke, monkeypatch):
+    """vae_compile: the encode-decode is handed to torch.compile and every VAE step goes through what it returns
+    (a counting pass-through, as for flow_compile); the run equals the plain one and saves the same weights."""
+    compiled, calls = [], []
+
+    def counting_compile(function):
+        compiled.append(function)
+
+        def step(*args, **kwargs):
+            calls.append(1)
+            return function(*args, **kwargs)
+
+        return step
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    config = replace(SCENES_PRESETS["smoke"], vae_compile=True)
+    report = train_scenes(tmp_path, config, log=lambda message: None)
+    assert len(compiled) == 1 and len(calls) == config.vae_steps
+    plain_folder, plain, _ = plain_smoke
+    assert report["vae_final_loss"] == plain["vae_final_loss"]
+    assert (tmp_path / VAE_FILE).read_bytes() == (plain_folder / VAE_FILE).read_bytes()

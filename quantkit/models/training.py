@@ -50,8 +50,9 @@ def train_vae(
 ) -> dict:
     """Train `vae` in place on uint8 images; then set its shift/scaling factors from the latent statistics.
 
-    Reads config.seed, vae_steps, vae_batch_size, vae_lr, kl_weight, grad_clip, and vae_fg_weight / vae_edge_weight
-    where the config has them (`weighted_mse`; 1.0 / 0.0 = plain MSE). The shift and scaling factors
+    Reads config.seed, vae_steps, vae_batch_size, vae_lr, kl_weight, grad_clip, and where the config has them
+    vae_fg_weight / vae_edge_weight (`weighted_mse`; 1.0 / 0.0 = plain MSE), vae_bf16 (bf16 autocast, channels-last)
+    and vae_compile (the encode-decode through torch.compile). The shift and scaling factors
     come from the posterior means of the first `stats_images` training images; `chunk` images are encoded at
     a time after training.
 
@@ -70,16 +71,24 @@ def train_vae(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, min(100, config.vae_steps // 10 + 1), config.vae_steps, 0.05)
     )
+    bf16 = bool(getattr(config, "vae_bf16", False))
+    if bf16:  # oneDNN's bf16 convolutions want channels-last; the layout does not change the saved weights
+        vae.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    # the noise is drawn outside so the compiled graph holds no generator; same draws as eager
+    losses_of = torch.compile(_vae_losses) if getattr(config, "vae_compile", False) else _vae_losses
+    weights = None if plain else (fg_weight, edge_weight)
+    latent_shape = _latent_shape(vae, data.shape[-2:])
     vae.train()
     losses = []
     progress = tqdm(range(config.vae_steps), desc="vae", mininterval=10)
     for step in progress:
         batch = data[torch.randint(len(data), (config.vae_batch_size,), generator=generator)]
-        posterior = vae.encode(batch).latent_dist
-        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
-        recon = vae.decode(latents).sample
-        mse = F.mse_loss(recon, batch) if plain else weighted_mse(recon, batch, fg_weight, edge_weight)
-        kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
+        if bf16:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        noise = torch.randn((len(batch), *latent_shape), generator=generator)
+        with autocast:
+            mse, kl = losses_of(vae, batch, noise, weights)
         loss = mse + config.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -90,6 +99,7 @@ def train_vae(
         if step % 50 == 0:
             progress.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.2f}")
     vae.eval()
+    vae.to(memory_format=torch.contiguous_format)
 
     with torch.no_grad():
         recon = torch.cat([vae(part).sample for part in test.split(chunk)])
@@ -106,6 +116,28 @@ def train_vae(
     }
     log(f"vae: recon PSNR {psnr:.1f} dB on held-back images; shift {shift:.4f}, scaling {1 / std:.4f}")
     return result
+
+
+def _latent_shape(vae, image_hw) -> tuple[int, int, int]:
+    """(channels, height, width) of `vae`'s latents for images of `image_hw` pixels."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return (vae.config.latent_channels, image_hw[0] // factor, image_hw[1] // factor)
+
+
+def _vae_losses(vae, batch: torch.Tensor, noise: torch.Tensor, weights: tuple[float, float] | None):
+    """One VAE step's (reconstruction MSE, KL per latent element), in float32: encode, sample the posterior with
+    `noise` (its log-variance clamped as diffusers' DiagonalGaussianDistribution does), decode, and compare;
+    `weights` = (fg_weight, edge_weight) for `weighted_mse`, None for plain MSE."""
+    moments = vae.encoder(batch)
+    if vae.quant_conv is not None:
+        moments = vae.quant_conv(moments)
+    mean, logvar = torch.chunk(moments, 2, dim=1)
+    logvar = torch.clamp(logvar, -30.0, 20.0)
+    recon = vae.decode(mean + torch.exp(0.5 * logvar) * noise).sample.float()
+    mse = F.mse_loss(recon, batch) if weights is None else weighted_mse(recon, batch, *weights)
+    mean, logvar = mean.float(), logvar.float()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=[1, 2, 3]).mean() / mean[0].numel()
+    return mse, kl
 
 
 def foreground_mask(images: torch.Tensor) -> torch.Tensor:
