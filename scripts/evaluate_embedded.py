@@ -8,8 +8,9 @@ Runs `quantkit.compare` on `quantkit/embedded/tiny-flux-scenes` (or --source) wi
 the transformer, then on both text encoders — over held-out prompts (`scenes.heldout_prompts`, a fixed mix of
 single, relation and count prompts) × seeds. Every variant's images are scored by
 `quantkit.models.scene_scorer`; PSNR/SSIM are against the baseline's same-seed images; every number has a 95%
-bootstrap interval over prompts (seeds of one prompt resampled together). Writes `<out>/evaluation.json`
-(read by the model card) and `<out>/evaluation.md` (the table), besides compare's own report.
+bootstrap interval over prompts (seeds of one prompt resampled together). Writes `<out>/evaluation.json` and
+`<out>/evaluation.md` (the table), besides compare's own report; with --card also
+`<source>/quantization_eval.json` and the model card `<source>/README.md` that shows it.
 """
 
 from __future__ import annotations
@@ -99,36 +100,6 @@ def summarize(results, prompts: list[str], seeds: list[int]) -> dict:
     return rows
 
 
-def markdown(rows: dict, n_pairs: int) -> str:
-    """The card's table: one row per variant; adherence per attribute (all prompts) and PSNR, with intervals."""
-
-    def pct(summary: dict, key: str) -> str:
-        value, ci = summary.get(key), summary.get(f"{key}_ci")
-        if value is None or value != value:
-            return "–"
-        return f"{value:.0%} [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else f"{value:.0%}"
-
-    header = ["variant", "MB", *ATTRIBUTES, "all", "PSNR dB", "SSIM"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, row in rows.items():
-        if row["status"] != "ok":
-            lines.append(f"| {name} | failed: {row['error']} |" + " |" * (len(header) - 2))
-            continue
-        summary = row.get("adherence_all", {})
-        psnr = f"{row['psnr']:.1f} [{row['psnr_ci'][0]:.1f}, {row['psnr_ci'][1]:.1f}]" if row.get("psnr_ci") else "ref"
-        ssim = f"{row['ssim']:.3f} [{row['ssim_ci'][0]:.3f}, {row['ssim_ci'][1]:.3f}]" if row.get("ssim_ci") else "ref"
-        cells = [
-            name,
-            f"{row['bytes'] / 1e6:.1f}",
-            *(pct(summary, a) for a in ATTRIBUTES),
-            pct(summary, "all"),
-            psnr,
-            ssim,
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\n{n_pairs} images per variant; [low, high] = 95% bootstrap interval over prompts.\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=SCENES_DIR)
@@ -137,11 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="run only these variant names (the baseline always runs)")
     parser.add_argument("--dtype", default="float32", help="dtype of the unquantized tensors")
+    parser.add_argument(
+        "--card",
+        action="store_true",
+        help="also save the table as <source>/quantization_eval.json and rewrite <source>/README.md (the model card)",
+    )
     args = parser.parse_args(argv)
 
     import torch
 
     import quantkit as qk
+    from quantkit.models.model_card_scenes import quantization_table, write_scenes_card
 
     prompts = evaluation_prompts(args.prompts)
     seeds = [2_000_000 + i for i in range(args.seeds)]  # generation seeds training never used
@@ -174,11 +151,18 @@ def main(argv: list[str] | None = None) -> int:
         "variants": rows,
         "load_average": os.getloadavg(),
     }
-    (out / "evaluation.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    table = markdown(rows, len(prompts) * len(seeds))
+    text = json.dumps(report, indent=2, default=str) + "\n"
+    (out / "evaluation.json").write_text(text)
+    table = (
+        quantization_table(report) + f"\n{len(prompts) * len(seeds)} images per variant; [low, high] = 95% bootstrap "
+    )
+    table += "interval over prompts.\n"
     (out / "evaluation.md").write_text(table)
     print(table)
     print(f"{len(chosen)} variants in {elapsed / 60:.1f} min; wrote {out / 'evaluation.json'}")
+    if args.card:
+        (args.source / "quantization_eval.json").write_text(text)
+        print(f"model card rewritten: {write_scenes_card(args.source)}")
     return 0
 
 
