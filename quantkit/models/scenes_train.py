@@ -89,12 +89,14 @@ class ScenesConfig:
     kl_weight: float = 1e-4  # per latent element, relative to per-pixel MSE: keeps latents smooth, recon sharp
     vae_fg_weight: float = 1.0  # object pixels' weight in the VAE loss (`training.weighted_mse`); 1 = plain MSE
     vae_edge_weight: float = 0.0  # extra weight on objects' outlines (`training.weighted_mse`); 0 = none
-    # the VAE stage under CPU bf16 autocast in channels-last layout (oneDNN's fast path for bf16 convolutions;
-    # weights and Adam stay float32), and its encode-decode through torch.compile. Measured on the 2-core machine
-    # (2 threads, batch 16, 64x64, the v2 VAE, median of steps 5-30, one sitting): float32 0.31-0.33 s per step,
-    # bf16 0.25, bf16 channels-last 0.23, that compiled 0.19 (first step 51 s: the compile)
+    # the VAE stage under CPU bf16 autocast (weights and Adam stay float32). Measured on the 2-core machine (2
+    # threads, batch 16, 64x64, the v2 VAE, median of steps 5-40, one sitting, OMP_WAIT_POLICY=PASSIVE as
+    # train_embedded sets it): float32 0.38 s per step, bf16 0.28 (0.31 / 0.24 with spinning OpenMP waits), the
+    # loss after 40 steps 0.27 against 0.30. Tried and dropped (issue 16): channels-last layout (0.23 s) and
+    # torch.compile (0.19 s) were faster, but with both the VAE stopped learning (loss flat at ~0.45 over 1,600
+    # steps of a full run, KL 0: the posterior collapsed), and each alone had a higher loss after 25-30 steps
+    # (0.44-0.46 against 0.33-0.36) - left uninvestigated
     vae_bf16: bool = False
-    vae_compile: bool = False
     # flow stage (transformer + text encoders)
     transformer_steps: int = 1500
     batch_size: int = 32
@@ -205,10 +207,10 @@ SCENES_PRESETS["probe-bf16"] = replace(SCENES_PRESETS["probe-edge"], flow_bf16=T
 # 72% (55) - under 85%; count prompts' count 77% (58). Batch 64 x 3,750 (the same samples): all 66%, single shape 89%.
 # Over the hour: flow stage 3,438 s beside another job; alone, 1,080 s of other stages + 7,500 x 0.41 s is ~72 min
 SCENES_PRESETS["probe-long"] = replace(SCENES_PRESETS["probe-bf16"], flow_compile=True, transformer_steps=7500)
-# probe-long sized for the hour on the 2-core machine: the VAE stage in bf16 channels-last and compiled (~2x faster,
-# `vae_bf16`, `vae_compile`) and the flow steps the rest of the hour holds at ~0.42 s each (estimate: data 13 s, VAE
-# ~440 s, latents ~50 s, text pre-training ~115 s, the flow compile ~60 s)
-SCENES_PRESETS["hour"] = replace(SCENES_PRESETS["probe-long"], vae_bf16=True, vae_compile=True, transformer_steps=6250)
+# probe-long sized for the hour on the 2-core machine: the VAE stage in bf16 (`vae_bf16`, ~1.35x faster) and the
+# flow steps the rest of the hour holds at ~0.42 s each (estimate: data 13 s, VAE ~780 s, latents ~50 s, text
+# pre-training ~115 s, the flow compile ~60 s)
+SCENES_PRESETS["hour"] = replace(SCENES_PRESETS["probe-long"], vae_bf16=True, transformer_steps=5900)
 # probe with 4 double + 4 single blocks (~1.3x the step time, so 2,400 steps: the same hour). Measured beside probe:
 # worse at the same wall time (relation 87%, all 28%) and a 62 MB folder (over the 60 MB budget)
 SCENES_PRESETS["probe-deep"] = replace(
@@ -224,24 +226,21 @@ def flow_cell_weights(pipe, images: np.ndarray, config: ScenesConfig) -> torch.T
 
 
 def check_flow_stage(config: ScenesConfig) -> None:
-    """The training settings that can fail late, checked before any stage (not after the VAE stage's quarter
-    hour): ValueError from `flow_parallel.check_ranks`; RuntimeError if `flow_compile` or `vae_compile` is set
-    and the C++ compiler inductor calls ($CXX, else g++) is not on PATH."""
+    """The flow stage's settings, checked before any stage (not after the VAE stage's quarter hour): ValueError
+    from `flow_parallel.check_ranks`; RuntimeError if `flow_compile` is set and the C++ compiler inductor calls
+    ($CXX, else g++) is not on PATH."""
     import os
     import shutil
 
     check_ranks(config.flow_ranks, config.batch_size)
 
     compiler = os.environ.get("CXX") or "g++"
-    for name, slower in (
-        ("flow_compile", "the flow stage then runs eager, ~1.2x slower"),
-        ("vae_compile", "the VAE stage then runs eager, ~1.2x slower"),
-    ):
-        if getattr(config, name) and shutil.which(compiler) is None:
-            raise RuntimeError(
-                f"{name}=True needs a C++ compiler for torch.compile, and {compiler!r} is not on PATH; install one "
-                f"(e.g. `apt install g++`, or point $CXX at yours) or set {name}=False ({slower})."
-            )
+    if config.flow_compile and shutil.which(compiler) is None:
+        raise RuntimeError(
+            f"flow_compile=True needs a C++ compiler for torch.compile, and {compiler!r} is not on PATH; install one "
+            "(e.g. `apt install g++`, or point $CXX at yours) or set flow_compile=False (the flow stage then runs "
+            "eager, ~1.2x slower)."
+        )
 
 
 def held_back_count(n_images: int) -> int:
@@ -403,7 +402,7 @@ def train_scenes(
 
     Raises:
         ValueError: `vae_from`'s VAE was trained with other settings, or holds no trained VAE.
-        RuntimeError: `config.flow_compile` or `vae_compile` without a C++ compiler (`check_flow_stage`).
+        RuntimeError: `config.flow_compile` without a C++ compiler (`check_flow_stage`).
 
     Returns:
         The report dict.

@@ -51,8 +51,8 @@ def train_vae(
     """Train `vae` in place on uint8 images; then set its shift/scaling factors from the latent statistics.
 
     Reads config.seed, vae_steps, vae_batch_size, vae_lr, kl_weight, grad_clip, and where the config has them
-    vae_fg_weight / vae_edge_weight (`weighted_mse`; 1.0 / 0.0 = plain MSE), vae_bf16 (bf16 autocast, channels-last)
-    and vae_compile (the encode-decode through torch.compile). The shift and scaling factors
+    vae_fg_weight / vae_edge_weight (`weighted_mse`; 1.0 / 0.0 = plain MSE) and vae_bf16 (bf16 autocast). The shift
+    and scaling factors
     come from the posterior means of the first `stats_images` training images; `chunk` images are encoded at
     a time after training.
 
@@ -71,12 +71,7 @@ def train_vae(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, min(100, config.vae_steps // 10 + 1), config.vae_steps, 0.05)
     )
-    bf16 = bool(getattr(config, "vae_bf16", False))
-    if bf16:  # oneDNN's bf16 convolutions want channels-last; the layout does not change the saved weights
-        vae.to(memory_format=torch.channels_last)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-    # the noise is drawn outside so the compiled graph holds no generator; same draws as eager
-    losses_of = torch.compile(_vae_losses) if getattr(config, "vae_compile", False) else _vae_losses
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(getattr(config, "vae_bf16", False)))
     weights = None if plain else (fg_weight, edge_weight)
     latent_shape = _latent_shape(vae, data.shape[-2:])
     vae.train()
@@ -84,11 +79,9 @@ def train_vae(
     progress = tqdm(range(config.vae_steps), desc="vae", mininterval=10)
     for step in progress:
         batch = data[torch.randint(len(data), (config.vae_batch_size,), generator=generator)]
-        if bf16:
-            batch = batch.contiguous(memory_format=torch.channels_last)
         noise = torch.randn((len(batch), *latent_shape), generator=generator)
         with autocast:
-            mse, kl = losses_of(vae, batch, noise, weights)
+            mse, kl = _vae_losses(vae, batch, noise, weights)
         loss = mse + config.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -99,7 +92,6 @@ def train_vae(
         if step % 50 == 0:
             progress.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.2f}")
     vae.eval()
-    vae.to(memory_format=torch.contiguous_format)
 
     with torch.no_grad():
         recon = torch.cat([vae(part).sample for part in test.split(chunk)])
