@@ -239,9 +239,23 @@ def test_flow_fg_weight_reaches_the_flow_loss(tmp_path, plain_smoke):
     assert plain["transformer_loss_first"] != weighted["transformer_loss_first"]
 
 
-def test_flow_bf16_runs_the_transformer_in_bfloat16_and_keeps_float32_weights(tmp_path, plain_smoke, monkeypatch):
-    """flow_bf16: the transformer's layers compute in bfloat16 during the flow stage (seen by a forward hook on
-    its output projection), the saved weights stay float32, and the loss stays close to the float32 run's."""
+@pytest.mark.parametrize(
+    "setting, layer, weights_file, loss",
+    [
+        ("flow_bf16", lambda pipe: pipe.transformer.proj_out, TRANSFORMER_FILE, "transformer_loss_first"),
+        (
+            "vae_bf16",
+            lambda pipe: pipe.vae.decoder.conv_out,
+            "vae/diffusion_pytorch_model.safetensors",
+            "vae_final_loss",
+        ),
+    ],
+)
+def test_bf16_stage_computes_in_bfloat16_and_keeps_float32_weights(
+    tmp_path, plain_smoke, monkeypatch, setting, layer, weights_file, loss
+):
+    """flow_bf16 / vae_bf16: the stage's model computes in bfloat16 while it trains (seen by a forward hook on its
+    last layer), the saved weights stay float32, and the loss stays close to the float32 run's."""
     from safetensors import safe_open
 
     from quantkit.models import scenes_train
@@ -251,16 +265,16 @@ def test_flow_bf16_runs_the_transformer_in_bfloat16_and_keeps_float32_weights(tm
 
     def build_and_watch(*args, **kwargs):
         pipe = built(*args, **kwargs)
-        pipe.transformer.proj_out.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+        layer(pipe).register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
         return pipe
 
     monkeypatch.setattr(scenes_train, "build_scenes_pipeline", build_and_watch)
-    half = train_scenes(tmp_path, replace(SCENES_PRESETS["smoke"], flow_bf16=True), log=lambda message: None)
+    half = train_scenes(tmp_path, replace(SCENES_PRESETS["smoke"], **{setting: True}), log=lambda message: None)
     assert torch.bfloat16 in seen
-    with safe_open(tmp_path / TRANSFORMER_FILE, "pt") as f:
+    with safe_open(tmp_path / weights_file, "pt") as f:
         assert {f.get_slice(name).get_dtype() for name in f.keys()} == {"F32"}
-    # same seeds, same data: the first steps' loss differs only by bfloat16 rounding (relative, 5%)
-    assert half["transformer_loss_first"] == pytest.approx(plain_smoke[1]["transformer_loss_first"], rel=0.05)
+    # same seeds, same data: the loss differs only by bfloat16 rounding (relative, 5%)
+    assert half[loss] == pytest.approx(plain_smoke[1][loss], rel=0.05)
 
 
 def test_flow_compile_sends_every_flow_step_through_torch_compile(tmp_path, plain_smoke, monkeypatch):
@@ -315,30 +329,3 @@ def test_flow_compile_without_a_cpp_compiler_fails_before_any_stage(tmp_path, mo
     ):
         train_scenes(out, replace(SCENES_PRESETS["smoke"], flow_compile=True), log=lambda message: None)
     assert not out.exists()
-
-
-VAE_FILE = "vae/diffusion_pytorch_model.safetensors"
-
-
-def test_vae_bf16_runs_the_vae_in_bfloat16_and_keeps_float32_weights(tmp_path, plain_smoke, monkeypatch):
-    """vae_bf16: the VAE's decoder computes in bfloat16 while it trains (seen by a forward hook on its last
-    convolution), the saved weights stay float32, and the VAE loss stays close to float32's."""
-    from safetensors import safe_open
-
-    from quantkit.models import scenes_train
-
-    built = scenes_train.build_scenes_pipeline
-    seen: set[torch.dtype] = set()
-
-    def build_and_watch(*args, **kwargs):
-        pipe = built(*args, **kwargs)
-        pipe.vae.decoder.conv_out.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
-        return pipe
-
-    monkeypatch.setattr(scenes_train, "build_scenes_pipeline", build_and_watch)
-    half = train_scenes(tmp_path, replace(SCENES_PRESETS["smoke"], vae_bf16=True), log=lambda message: None)
-    assert torch.bfloat16 in seen
-    with safe_open(tmp_path / VAE_FILE, "pt") as f:
-        assert {f.get_slice(name).get_dtype() for name in f.keys()} == {"F32"}
-    # same seeds, same data: the loss differs only by bfloat16 rounding (relative, 5%)
-    assert half["vae_final_loss"] == pytest.approx(plain_smoke[1]["vae_final_loss"], rel=0.05)
