@@ -52,9 +52,8 @@ def train_vae(
 
     Reads config.seed, vae_steps, vae_batch_size, vae_lr, kl_weight, grad_clip, and where the config has them
     vae_fg_weight / vae_edge_weight (`weighted_mse`; 1.0 / 0.0 = plain MSE) and vae_bf16 (bf16 autocast). The shift
-    and scaling factors
-    come from the posterior means of the first `stats_images` training images; `chunk` images are encoded at
-    a time after training.
+    and scaling factors come from the posterior means of the first `stats_images` training images; `chunk` images
+    are encoded at a time after training.
 
     Returns:
         dict with final loss, reconstruction PSNR (dB, on `held_back` images never trained on), shift_factor,
