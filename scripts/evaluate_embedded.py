@@ -36,7 +36,6 @@ SETTINGS = [
     ("bnb-nf4", "bitsandbytes_4bit", {"bnb_4bit_quant_type": "nf4"}),
     ("gguf-Q4_0", "gguf", {"quant_type": "Q4_0"}),
 ]
-ATTRIBUTES = ("background", "count", "color", "shape", "size", "relation")
 # held-out prompt mix: as many single, relation and count prompts as this share of --prompts
 MIX = {"single": 0.3, "relation": 0.5, "count": 0.2}
 
@@ -153,10 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = json.dumps(report, indent=2, default=str) + "\n"
     (out / "evaluation.json").write_text(text)
-    table = (
-        quantization_table(report) + f"\n{len(prompts) * len(seeds)} images per variant; [low, high] = 95% bootstrap "
-    )
-    table += "interval over prompts.\n"
+    footer = f"{len(prompts) * len(seeds)} images per variant; [low, high] = 95% bootstrap interval over prompts.\n"
+    table = quantization_table(report) + "\n" + footer
     (out / "evaluation.md").write_text(table)
     print(table)
     print(f"{len(chosen)} variants in {elapsed / 60:.1f} min; wrote {out / 'evaluation.json'}")

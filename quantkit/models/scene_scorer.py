@@ -67,9 +67,8 @@ def _nearest(color: np.ndarray, palette: dict) -> str:
     return min(palette, key=lambda name: float(np.linalg.norm(color - np.asarray(palette[name], np.float32))))
 
 
-def _vertical_skewness(cover: np.ndarray) -> float:
-    """Skewness of the coverage's row profile (rule 5): < 0 when the mass sits low, as in an upward triangle."""
-    profile = cover.sum(axis=1)
+def _skewness(profile: np.ndarray) -> float:
+    """Skewness of a coverage profile (rule 5: the row sums): < 0 when the mass sits low, as in an upward triangle."""
     total = max(float(profile.sum()), 1e-6)
     rows = np.arange(len(profile), dtype=np.float64)
     mean = float((profile * rows).sum()) / total
@@ -89,9 +88,10 @@ def _measure(pixels: np.ndarray, background: np.ndarray, region: np.ndarray, sca
     near = ndimage.binary_dilation(region)  # the region and its 1-pixel rim: partial edge pixels, no neighbour
     cover = np.clip(coverage, 0.0, 1.0) * near
     area = float(cover.sum())
-    width, height = float(cover.sum(axis=1).max()), float(cover.sum(axis=0).max())
+    row_profile = cover.sum(axis=1)
+    width, height = float(row_profile.max()), float(cover.sum(axis=0).max())
     fill = area / max(width * height, 1e-6)
-    skew = _vertical_skewness(cover)
+    skew = _skewness(row_profile)
     shape = "triangle" if skew <= TRIANGLE_MAX_SKEW else "circle" if fill < CIRCLE_MAX_FILL else "square"
     side = max(width, height) / scale
     size = "small" if side <= SMALL_MAX_SIDE else "large" if side >= LARGE_MIN_SIDE else ""
