@@ -72,15 +72,13 @@ def train_vae(
     )
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(getattr(config, "vae_bf16", False)))
     weights = None if plain else (fg_weight, edge_weight)
-    latent_shape = _latent_shape(vae, data.shape[-2:])
     vae.train()
     losses = []
     progress = tqdm(range(config.vae_steps), desc="vae", mininterval=10)
     for step in progress:
         batch = data[torch.randint(len(data), (config.vae_batch_size,), generator=generator)]
-        noise = torch.randn((len(batch), *latent_shape), generator=generator)
         with autocast:
-            mse, kl = _vae_losses(vae, batch, noise, weights)
+            mse, kl = _vae_losses(vae, batch, generator, weights)
         loss = mse + config.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -109,21 +107,16 @@ def train_vae(
     return result
 
 
-def _latent_shape(vae, image_hw) -> tuple[int, int, int]:
-    """(channels, height, width) of `vae`'s latents for images of `image_hw` pixels."""
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    return (vae.config.latent_channels, image_hw[0] // factor, image_hw[1] // factor)
-
-
-def _vae_losses(vae, batch: torch.Tensor, noise: torch.Tensor, weights: tuple[float, float] | None):
+def _vae_losses(vae, batch: torch.Tensor, generator: torch.Generator, weights: tuple[float, float] | None):
     """One VAE step's (reconstruction MSE, KL per latent element), in float32: encode, sample the posterior with
-    `noise` (its log-variance clamped as diffusers' DiagonalGaussianDistribution does), decode, and compare;
-    `weights` = (fg_weight, edge_weight) for `weighted_mse`, None for plain MSE."""
+    noise from `generator` (its log-variance clamped as diffusers' DiagonalGaussianDistribution does), decode and
+    compare; `weights` = (fg_weight, edge_weight) for `weighted_mse`, None for plain MSE."""
     moments = vae.encoder(batch)
     if vae.quant_conv is not None:
         moments = vae.quant_conv(moments)
     mean, logvar = torch.chunk(moments, 2, dim=1)
     logvar = torch.clamp(logvar, -30.0, 20.0)
+    noise = torch.randn(mean.shape, generator=generator)
     recon = vae.decode(mean + torch.exp(0.5 * logvar) * noise).sample.float()
     mse = F.mse_loss(recon, batch) if weights is None else weighted_mse(recon, batch, *weights)
     mean, logvar = mean.float(), logvar.float()
