@@ -175,7 +175,11 @@ def _parser() -> argparse.ArgumentParser:
         "--print-variants", action="store_true", help="print the default variants for SOURCE as JSON and exit"
     )
     p.add_argument(
-        "--prompts", nargs="+", type=prompt, metavar="PROMPT", help="prompts (default: four shapes prompts)"
+        "--prompts",
+        nargs="+",
+        type=prompt,
+        metavar="PROMPT",
+        help="prompts (default: the examples in the source's model card, else four shapes prompts)",
     )
     p.add_argument("--prompts-file", type=prompts_file, metavar="FILE", help="prompts, one per line")
     p.add_argument(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..config import PipelineQuantizationConfig
 from ..files import session_folder
+from ..planning.card_prompts import card_prompts
 from .results import CompareResults, read_sensitivity
 from .runner import Runner
 from .settings import CompareSettings, VariantRecord
@@ -82,6 +83,8 @@ def compare(
         UserWarning: on resume, for each variant recorded as failed whose cause is gone (a package it missed is
             installed now): run again with retry_failed=True to measure it.
     """
+    if settings is None and options.get("prompts") is None:
+        options["prompts"] = card_prompts(source)  # the model card's examples; None: the default prompts
     settings = CompareSettings.from_options(settings, **options)
     if on_record is not None and not callable(on_record):
         raise TypeError(f"on_record must be a function taking a VariantRecord, got {type(on_record).__name__}.")

@@ -33,7 +33,8 @@ class CompareSettings:
     """What `compare` runs and measures (everything but the source, the variants and the output folder).
 
     Attributes:
-        prompts: the prompts; every prompt is drawn with every seed (default: four shapes prompts).
+        prompts: the prompts; every prompt is drawn with every seed (default in `compare`: the examples of the
+            source's model card, `planning.card_prompts`, else four shapes prompts).
         seeds: generator seeds (a CPU torch.Generator per image, so images match across devices).
         device: "cpu" or "cuda[:N]"; None = CUDA when available.
         torch_dtype: dtype of the unquantized tensors (None: the checkpoint's).

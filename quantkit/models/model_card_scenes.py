@@ -13,6 +13,24 @@ from pathlib import Path
 from quantkit.models.model_card import markdown_table
 from quantkit.models.scene_scorer import ATTRIBUTES
 
+# The card's `widget` examples (Hub metadata), which `quantkit compare` draws when it is given no prompts
+# (`quantkit.planning.card_prompts`): one of each form, five, so that the default comparison (eight variants × five
+# prompts × two seeds) stays near two minutes on 2 cores (measured with other prompts: 4 images per variant took
+# 61 s, 28 images 246 s; the quantized CPU kernels, 0.5-1.4 s per image, set the pace).
+WIDGET_PROMPTS = (
+    "a red circle",
+    "a small blue square",
+    "a red circle left of a blue square",
+    "two green triangles",
+    "a red circle above a blue square on a yellow background",
+)
+
+
+def front_matter() -> str:
+    """The card's YAML front matter: library, task and the `widget` examples."""
+    examples = "".join(f'- text: "{prompt}"\n' for prompt in WIDGET_PROMPTS)
+    return f"---\nlibrary_name: diffusers\npipeline_tag: text-to-image\nwidget:\n{examples}---\n"
+
 
 def _vae_weights(c: dict) -> str:
     """How the VAE's MSE was weighted (`training.weighted_mse`), for the card's training section."""
@@ -179,7 +197,9 @@ def write_scenes_card(out: str | Path, report: dict | None = None) -> Path:
     defaults = json.dumps(c["generation_defaults"])
     in_training = report.get("heldout_prompts_in_training", {})
     novelty = ", ".join(f"{form} {share:.0%}" for form, share in sorted(in_training.items()))
-    text = f"""# tiny-flux-scenes — quantkit's embedded pipeline v2
+    text = (
+        front_matter()
+        + f"""# tiny-flux-scenes — quantkit's embedded pipeline v2
 
 A {r["size_bytes"] / 1e6:.1f} MB diffusers `FluxPipeline` that draws one or two filled shapes at 64×64 pixels
 from a small language of colors, shapes, sizes, relations, counts and backgrounds — "a red circle",
@@ -294,6 +314,7 @@ Speed: {r["seconds_per_image"]:.2f} s per image at the defaults (fp32, 2 torch t
 - The scorer is a few rules: objects that touch merge into one region (count and relation then fail), and it
   cannot tell a wrong image that happens to match the rules from a right one.
 """
+    )
     path = out / "README.md"
     path.write_text(text)
     return path
