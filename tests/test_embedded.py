@@ -12,6 +12,7 @@ import torch
 
 from quantkit.models import EMBEDDED_PIPELINE_DIR
 from quantkit.models.shapes import adherence_summary, heldout_prompts, score_image, score_images
+from tests.helpers import assert_flux_layout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,12 +37,7 @@ def embedded():
 
 
 def test_folder_layout_and_size():
-    index = json.loads((EMBEDDED_PIPELINE_DIR / "model_index.json").read_text())
-    assert index["_class_name"] == "FluxPipeline"
-    assert index["transformer"] == ["diffusers", "FluxTransformer2DModel"]
-    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
-    assert index["text_encoder_2"] == ["transformers", "T5EncoderModel"]
-    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert_flux_layout(EMBEDDED_PIPELINE_DIR)
     weights = sum(f.stat().st_size for f in EMBEDDED_PIPELINE_DIR.rglob("*.safetensors"))
     assert 2e6 < weights <= 20e6, weights
     assert (EMBEDDED_PIPELINE_DIR / "README.md").stat().st_size > 1000

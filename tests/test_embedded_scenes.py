@@ -11,6 +11,7 @@ import torch
 
 from quantkit.models import SCENES_PIPELINE_DIR, scene_scorer
 from quantkit.models.scenes_eval import scene_pairs
+from tests.helpers import assert_flux_layout
 
 # A fixed CI sample of held-out pairs (seed 7; the card's test pairs use seed 0, its validation pairs seed 1).
 CI_COUNTS = {"single": 8, "relation": 12, "count": 4}
@@ -42,12 +43,7 @@ def ci_images(scenes_pipe):
 
 
 def test_folder_is_a_flux_pipeline_within_the_issues_budgets():
-    index = json.loads((SCENES_PIPELINE_DIR / "model_index.json").read_text())
-    assert index["_class_name"] == "FluxPipeline"
-    assert index["transformer"] == ["diffusers", "FluxTransformer2DModel"]
-    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
-    assert index["text_encoder_2"] == ["transformers", "T5EncoderModel"]
-    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert_flux_layout(SCENES_PIPELINE_DIR)
     folder_bytes = sum(f.stat().st_size for f in SCENES_PIPELINE_DIR.rglob("*") if f.is_file())
     assert folder_bytes <= 60e6, folder_bytes  # the issue's budget for the whole folder
 

@@ -30,14 +30,12 @@ def card_prompts(source) -> list[str] | None:
     card = folder / "README.md"
     if not card.is_file():
         return None
-    text = card.read_text(encoding="utf-8", errors="replace")
-    if not text.startswith("---\n") or "\n---" not in text[4:]:
-        return None
     import yaml
+    from huggingface_hub import metadata_load  # the Hub's own front-matter parser (BOM, CRLF)
 
     try:
-        meta = yaml.safe_load(text[4 : text.index("\n---", 3)])
-    except yaml.YAMLError as err:
+        meta = metadata_load(card)
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: a block that is not a mapping
         reason = " ".join(str(err).split())  # on one line: YAML's messages quote the text over several
         warnings.warn(
             f"{card}: its YAML front matter does not parse ({reason}); using the default prompts.", stacklevel=3
