@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         default=None,
         metavar="SOURCE",
-        help="pipeline folder or hub id (default: the embedded tiny-flux-shapes pipeline)",
+        help="pipeline folder or hub id (default: the embedded tiny-flux-scenes pipeline)",
     )
     p.add_argument(
         "-o",

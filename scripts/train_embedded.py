@@ -1,4 +1,5 @@
-"""Train quantkit's embedded pipelines on CPU: v1 "tiny-flux-shapes" (default) or v2 "tiny-flux-scenes".
+"""Train quantkit's embedded pipelines on CPU: v1 "tiny-flux-shapes" (the script's default) or v2 "tiny-flux-scenes"
+(quantkit's default pipeline).
 
     python scripts/train_embedded.py --smoke                  # v1, < 1 minute, end to end, into a temp folder
     python scripts/train_embedded.py --preset pilot --out runs/pilot

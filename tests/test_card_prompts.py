@@ -41,7 +41,9 @@ def test_a_card_without_examples_gives_none(tmp_path, card):
 def test_sources_that_are_not_local_folders_give_none_and_download_nothing(tmp_path):
     assert card_prompts("black-forest-labs/FLUX.1-dev") is None  # offline in CI: a download would raise
     assert card_prompts("") is None and card_prompts(42) is None and card_prompts(tmp_path / "missing") is None
-    assert card_prompts(None) is None  # the default pipeline (v1)'s card has no examples: the default prompts stay
+    from quantkit.models import SHAPES_PIPELINE_DIR
+
+    assert card_prompts(SHAPES_PIPELINE_DIR) is None  # v1's card lists no examples: the default prompts stay
 
 
 def test_a_card_whose_front_matter_does_not_parse_warns_and_gives_none(tmp_path):
@@ -56,6 +58,10 @@ def test_the_scenes_cards_examples_are_scene_prompts():
     assert all(scene_scorer.is_scene_prompt(p) for p in prompts)
     forms = {scene_scorer.scenes.parse_prompt(p).form for p in prompts}
     assert forms == {"single", "relation", "count"}
+    # v2 is the default pipeline: None reads its card, and its examples are quantkit's default prompts
+    from quantkit.comparison import DEFAULT_PROMPTS
+
+    assert card_prompts(None) == prompts == list(DEFAULT_PROMPTS)
 
 
 def test_compare_draws_the_cards_examples_unless_given_prompts(flux_dir, tmp_path):

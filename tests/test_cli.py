@@ -228,7 +228,7 @@ def _state(pid: int) -> str:
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not (ROOT / "quantkit" / "embedded" / "tiny-flux-shapes" / "model_index.json").is_file(),
+    not (ROOT / "quantkit" / "embedded" / "tiny-flux-scenes" / "model_index.json").is_file(),
     reason="the embedded pipeline has not been trained into the package yet",
 )
 def test_the_main_job_with_its_defaults_runs_every_variant(tmp_path):

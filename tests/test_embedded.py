@@ -1,4 +1,5 @@
-"""The embedded pipeline (quantkit/embedded/tiny-flux-shapes) and the training script that makes it."""
+"""The embedded pipeline v1 (quantkit/embedded/tiny-flux-shapes, no longer the default) and the training script
+that makes it."""
 
 import json
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantkit.models import EMBEDDED_PIPELINE_DIR
+from quantkit.models import SHAPES_PIPELINE_DIR
 from quantkit.models.shapes import adherence_summary, heldout_prompts, score_image, score_images
 from tests.helpers import assert_flux_layout
 
@@ -30,19 +31,19 @@ def embedded():
 
     from quantkit.models.defaults import apply_generation_defaults, read_generation_defaults
 
-    pipe = DiffusionPipeline.from_pretrained(EMBEDDED_PIPELINE_DIR, dtype=torch.bfloat16)
-    apply_generation_defaults(pipe, read_generation_defaults(EMBEDDED_PIPELINE_DIR))
+    pipe = DiffusionPipeline.from_pretrained(SHAPES_PIPELINE_DIR, dtype=torch.bfloat16)
+    apply_generation_defaults(pipe, read_generation_defaults(SHAPES_PIPELINE_DIR))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def test_folder_layout_and_size():
-    assert_flux_layout(EMBEDDED_PIPELINE_DIR)
-    weights = sum(f.stat().st_size for f in EMBEDDED_PIPELINE_DIR.rglob("*.safetensors"))
+    assert_flux_layout(SHAPES_PIPELINE_DIR)
+    weights = sum(f.stat().st_size for f in SHAPES_PIPELINE_DIR.rglob("*.safetensors"))
     assert 2e6 < weights <= 20e6, weights
-    assert (EMBEDDED_PIPELINE_DIR / "README.md").stat().st_size > 1000
-    assert (EMBEDDED_PIPELINE_DIR / "grid.png").stat().st_size < 100_000
-    defaults = json.loads((EMBEDDED_PIPELINE_DIR / "generation_defaults.json").read_text())
+    assert (SHAPES_PIPELINE_DIR / "README.md").stat().st_size > 1000
+    assert (SHAPES_PIPELINE_DIR / "grid.png").stat().st_size < 100_000
+    defaults = json.loads((SHAPES_PIPELINE_DIR / "generation_defaults.json").read_text())
     # FluxPipeline's own defaults (512 px, T5 padded to 512 tokens) must be overridden
     assert defaults["height"] == defaults["width"] == 32 and defaults["max_sequence_length"] == 16
 
@@ -99,8 +100,7 @@ def test_training_smoke_end_to_end(tmp_path):
 def test_loads_with_quantkit_load_pipeline_and_defaults_apply():
     import quantkit
 
-    assert quantkit.EMBEDDED_PIPELINE.resolve() == EMBEDDED_PIPELINE_DIR.resolve()
-    pipe = quantkit.load_pipeline(torch_dtype=torch.bfloat16, device="cpu", progress=False)
+    pipe = quantkit.load_pipeline(SHAPES_PIPELINE_DIR, torch_dtype=torch.bfloat16, device="cpu", progress=False)
     assert type(pipe).__name__ == "FluxPipeline"
     assert pipe.generation_defaults["max_sequence_length"] == 16
     image = pipe("a green square", generator=torch.Generator().manual_seed(1_000_001)).images[0]

@@ -122,7 +122,8 @@ def test_bf16_load_draws_the_same_scene():
     relation (measured; the blue square comes out rounded, as the card's shape figures say it often does)."""
     import quantkit
 
-    pipe = quantkit.load_pipeline(SCENES_PIPELINE_DIR, torch_dtype=torch.bfloat16, device="cpu", progress=False)
+    assert quantkit.EMBEDDED_PIPELINE.resolve() == SCENES_PIPELINE_DIR.resolve()  # the default source
+    pipe = quantkit.load_pipeline(torch_dtype=torch.bfloat16, device="cpu", progress=False)  # None = the embedded one
     pipe.set_progress_bar_config(disable=True)
     prompt = "a red circle left of a blue square on a yellow background"
     image = pipe(prompt, generator=torch.Generator().manual_seed(1_000_000)).images[0]

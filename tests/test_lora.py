@@ -228,9 +228,10 @@ def test_lora_argument_is_checked_before_loading(flux_dir, loras, tmp_path, monk
 
 
 def test_fuse_into_4bit_layers_wider_than_64_after_a_cpu_forward(tmp_path):
-    """The embedded pipeline's layers are 128 wide: after a CPU image, bitsandbytes' AVX512-BF16 layout is on; peft's
-    4-bit merge must see the layer without it (Backend.prepare_lora_merge). Fused against the LoRA beside the layers:
-    measured 31.6 dB (a merge quantizes the weight again); with the layout left on, 21.7 dB."""
+    """The embedded pipeline's transformer layers are 256 wide: after a CPU image, bitsandbytes' AVX512-BF16 layout is
+    on; peft's 4-bit merge must see the layer without it (Backend.prepare_lora_merge). Fused against the LoRA beside
+    the layers: measured 22.1 dB (a merge quantizes the weight again; this LoRA moves the image 9.9 dB); with the
+    layout left on, 14.5 dB (v1's 128-wide layers: 31.6 and 21.7 dB)."""
     import quantkit
 
     nf4 = PipelineQuantizationConfig(
@@ -246,7 +247,7 @@ def test_fuse_into_4bit_layers_wider_than_64_after_a_cpu_forward(tmp_path):
     beside = generate(pipe, steps=4)
     assert psnr(beside, plain) < 20  # the LoRA's own effect, for scale
     pipe.fuse_lora()
-    assert psnr(generate(pipe, steps=4), beside) >= 27
+    assert psnr(generate(pipe, steps=4), beside) >= 19
     pipe.unfuse_lora()
     assert psnr(generate(pipe, steps=4), beside) == float("inf")
     pipe.unload_lora_weights()

@@ -464,3 +464,17 @@ def test_inspector_reads_a_ranking_from_compare_results(inspector, flux_dir, tmp
     li = LayerInspector(flux_dir, results=results, variant="q8", device="cpu")
     assert li.config == config and li._pipe is None  # nothing was loaded or measured
     assert list(li.checks) == list(inspector.tables["transformer"]["layer"][:20])
+
+
+def test_diffusers_code_names_the_embedded_pipeline_without_a_machine_path():
+    """Both code tabs spell the shipped pipeline `quantkit.EMBEDDED_PIPELINE`: a stored notebook output must not
+    say where the notebook ran (notebooks/tools/tidy.py refuses absolute paths)."""
+    import quantkit
+
+    b = ConfigBuilder(None, device="cpu")
+    for code in (b.code_diffusers.value, b.code_quantkit.value):
+        assert "source = quantkit.EMBEDDED_PIPELINE" in code
+        assert str(quantkit.EMBEDDED_PIPELINE) not in code
+    namespace = {}
+    exec(b.code_diffusers.value.split("pipe = ")[0], namespace)
+    assert namespace["source"] == quantkit.EMBEDDED_PIPELINE

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from ..config import PipelineQuantizationConfig
 from ..load.offload import COMPILE_MODES, OFFLOAD_MODES
+from ..models.scenes import DEMO_PROMPTS
 
-# Prompts of the shapes world the embedded pipeline was trained on (see quantkit.models.shapes).
-DEFAULT_PROMPTS = ("a red circle", "a blue square on the left", "a small green triangle", "a large yellow circle")
+# Prompts of the scenes language the embedded pipeline was trained on (quantkit.models.scenes), the ones its
+# model card lists as examples.
+DEFAULT_PROMPTS = DEMO_PROMPTS
 DEFAULT_SEEDS = (0, 1)
 
 

@@ -81,7 +81,7 @@ def write_model_card(out: str | Path, report: dict) -> Path:
         )
     notes = "".join(f"{note}\n\n" for note in report.get("notes", []))  # human-written remarks, if any
     c, r, t, h = config, report, timings, summary  # short names keep the template below readable
-    text = f"""# tiny-flux-shapes — quantkit's embedded pipeline
+    text = f"""# tiny-flux-shapes — quantkit's first embedded pipeline (v1; the default is now `tiny-flux-scenes`)
 
 A {r["size_bytes"] / 1e6:.1f} MB diffusers `FluxPipeline` that draws one filled shape — circle, square or
 triangle, in red, green, blue, yellow or purple — on a light background, at 32×32 pixels, from prompts such as

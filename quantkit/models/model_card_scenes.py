@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from quantkit.models import scenes
 from quantkit.models.model_card import markdown_table
 from quantkit.models.scene_scorer import ATTRIBUTES
 
@@ -17,13 +18,7 @@ from quantkit.models.scene_scorer import ATTRIBUTES
 # (`quantkit.planning.card_prompts`): one of each form, five, so that the default comparison (eight variants × five
 # prompts × two seeds) stays near two minutes on 2 cores (measured with other prompts: 4 images per variant took
 # 61 s, 28 images 246 s; the quantized CPU kernels, 0.5-1.4 s per image, set the pace).
-WIDGET_PROMPTS = (
-    "a red circle",
-    "a small blue square",
-    "a red circle left of a blue square",
-    "two green triangles",
-    "a red circle above a blue square on a yellow background",
-)
+WIDGET_PROMPTS = scenes.DEMO_PROMPTS
 
 
 def front_matter() -> str:

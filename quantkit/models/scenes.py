@@ -317,6 +317,18 @@ def heldout_prompts(n: int, seed: int = 0, form: str | None = None) -> list[tupl
     return [(sample_scene(rng, form).prompt(), HELDOUT_SEED_OFFSET + 1000 * seed + offset + i) for i in range(n)]
 
 
+# Five prompts that show the language at a glance: the model card's widget examples and quantkit's default
+# comparison prompts (quantkit.comparison.DEFAULT_PROMPTS), one of each kind — a single object, a size, a
+# relation, a count, a background.
+DEMO_PROMPTS = (
+    "a red circle",
+    "a small blue square",
+    "a red circle left of a blue square",
+    "two green triangles",
+    "a red circle above a blue square on a yellow background",
+)
+
+
 def example_prompts() -> list[str]:
     """The prompt forms named in the issue, verbatim (the grammar must parse every one)."""
     base = [

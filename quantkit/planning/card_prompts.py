@@ -2,8 +2,8 @@
 
 A model card (`README.md`) may open with YAML front matter; on the Hugging Face Hub its `widget` list holds the
 example inputs a model page shows (`- text: "a red circle"`). `quantkit.compare` draws those when no prompts are
-given, so a pipeline whose prompt language is not the default one (the embedded v2 pipeline's scenes) is compared
-on prompts it understands.
+given, so a pipeline is compared on prompts it understands (the embedded pipeline's card lists
+`quantkit.comparison.DEFAULT_PROMPTS`).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ import os
 from pathlib import Path
 
 from ..errors import user_path
+from ..models import EMBEDDED_PIPELINE_DIR
 
-EMBEDDED_PIPELINE = Path(__file__).resolve().parent.parent / "embedded" / "tiny-flux-shapes"
-"""Folder of the tiny FLUX-layout pipeline quantkit ships and uses when no source is given."""
+EMBEDDED_PIPELINE = EMBEDDED_PIPELINE_DIR
+"""Folder of the tiny FLUX-layout pipeline quantkit ships and uses when no source is given (v2, tiny-flux-scenes)."""
 
 MODEL_LIBRARIES = ("diffusers", "transformers")
 

@@ -14,9 +14,11 @@ import enum
 import inspect
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 from ...config import PipelineQuantizationConfig
+from ...planning.sources import EMBEDDED_PIPELINE
 
 
 class _Imports:
@@ -267,7 +269,8 @@ def diffusers_code(config: PipelineQuantizationConfig, plan) -> str:
 
     keyword = next(iter(dtype_kwargs("x")))  # diffusers 0.42+ says `dtype=`, older versions `torch_dtype=`
     dtype = f", {keyword}=torch.{plan.torch_dtype}" if plan.torch_dtype else ""
-    head = [f"source = {json.dumps(str(plan.folder))}"]
+    embedded = Path(plan.folder).resolve() == Path(EMBEDDED_PIPELINE).resolve()
+    head, _ = _source_lines(None if embedded else plan.folder, imports)  # no machine path for the shipped one
     tail = [
         f"pipe = {pipeline}.from_pretrained(source{config_arg}{''.join(components)}{dtype})",
         f"pipe.to({json.dumps(plan.device)})",
