@@ -13,9 +13,9 @@ kernels that do not load on this machine, with their absolute paths; torch's pyt
 other line stays.
 
 `problems(path)` lists what CI refuses (tests/test_notebook_exercises.py): a notebook over 1 MB; an absolute
-machine path in an output (`ABS_PATH`: it says where the notebook ran, and differs on every machine); a code cell
-without an execution count, or counts out of order (nbval needs both); an image stored at fewer than 90 dpi
-worth of pixels is not checked here — the figures set their own dpi.
+machine path in an output or in the stored widget state (`ABS_PATH`: it says where the notebook ran, and differs
+on every machine); a code cell without an execution count, or counts out of order (nbval needs both); an image
+stored at fewer than 90 dpi worth of pixels is not checked here — the figures set their own dpi.
 """
 
 from __future__ import annotations
@@ -132,6 +132,9 @@ def problems(path: Path) -> list[str]:
         counts.append(cell.get("execution_count"))
         for hit in sorted(set(ABS_PATH.findall(_output_text(cell)))):
             out.append(f"{path.name} cell {cell.get('id')}: absolute path in an output: {hit}")
+    widget_state = json.dumps(nb.get("metadata", {}).get("widgets", {}), ensure_ascii=False)
+    for hit in sorted(set(ABS_PATH.findall(widget_state))):  # a widget's stored value shows as its output does
+        out.append(f"{path.name}: absolute path in the stored widget state: {hit}")
     if None in counts:
         out.append(f"{path.name}: {counts.count(None)} code cell(s) not executed (nbval needs execution counts)")
     elif counts != sorted(counts):
