@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from quantkit.models import scenes
+from quantkit.models import scene_fill, scenes
 from quantkit.models.model_card import markdown_table
-from quantkit.models.scene_scorer import ATTRIBUTES
+from quantkit.models.scene_scorer import ATTRIBUTES, CIRCLE_MAX_FILL
 
 # The card's `widget` examples (Hub metadata), which `quantkit compare` draws when it is given no prompts
 # (`quantkit.planning.card_prompts`): one of each form, five, so that the default comparison (eight variants × five
@@ -80,6 +80,34 @@ def quantization_table(evaluation: dict) -> str:
             ]
         )
     return markdown_table(rows, header)
+
+
+def shape_fill_section(stages: dict[str, dict]) -> str:
+    """The card's "where shape is lost" table (`scene_fill.stage_fills`): per asked shape and size, the fill ratio's
+    median [5%, 95%] and the share read as another shape, for the renders, the VAE's reconstructions and the
+    generated images; then the sizes at which circles and squares overlap, per stage."""
+    names = {"renders": "dataset renders", "vae": "VAE reconstructions", "generated": "generated"}
+    rows = []
+    for key in stages["renders"]:  # every asked shape and size; a render always shows its objects
+        row = [key.replace(" ", ", "), stages["renders"][key]["n"]]
+        for stage in names:
+            x = stages[stage].get(key)
+            row.append(f"{x['median']:.2f} [{x['q05']:.2f}, {x['q95']:.2f}], {x['misread']:.0%}" if x else "–")
+        rows.append(row)
+    overlaps = "; ".join(
+        f"{names[stage]}: {', '.join(scene_fill.overlapping_sizes(stages[stage])) or 'none'}" for stage in names
+    )
+    return (
+        "### Where shape is lost\n\n"
+        "The scorer calls a region a circle below a fill ratio (area / bounding box) of "
+        f"{CIRCLE_MAX_FILL} and a square at or above it (a drawn circle fills 0.785, a square 1). Below: the fill "
+        "ratio of every asked circle and square in the test pairs, median [5%, 95%], and the share read as "
+        "another shape — as the dataset draws them, after the VAE (what the latent keeps: the most a transformer "
+        "can draw), and as generated (`quantkit.models.scene_fill`). Sizes at which circles' and squares' "
+        f"5–95% ranges overlap (no threshold can sort them; only a model that draws them apart): {overlaps}.\n\n"
+        + markdown_table(rows, ["asked", "objects", *names.values()])
+        + "\n"
+    )
 
 
 def write_scenes_card(out: str | Path, report: dict | None = None) -> Path:
@@ -188,6 +216,7 @@ def write_scenes_card(out: str | Path, report: dict | None = None) -> Path:
             f"{c['decoder_steps']} steps, AdamW {c['decoder_lr']}; reconstruction PSNR "
             f"{r['vae_psnr_db']:.1f} → {r['decoder_psnr_db']:.1f} dB. {t['decoder'] / 60:.1f} min.\n"
         )
+    shape_fill = shape_fill_section(r["shape_fill"]) if r.get("shape_fill") else ""
     notes = "".join(f"{note}\n\n" for note in report.get("notes", []))
     defaults = json.dumps(c["generation_defaults"])
     in_training = report.get("heldout_prompts_in_training", {})
@@ -269,11 +298,12 @@ only where a size word is named); an attribute of two objects is right when both
 
 {heldout}
 
+{shape_fill}
 {validation}
 {order}
 Speed: {r["seconds_per_image"]:.2f} s per image at the defaults (fp32, 2 torch threads, median of 5 calls;
-{r["seconds_per_image_1_thread"]:.2f} s with 1 thread; bf16 {r["seconds_per_image_bf16"]:.2f} s), on the shared
-2-core CPU that trained it.
+{r["seconds_per_image_1_thread"]:.2f} s with 1 thread; bf16 {r["seconds_per_image_bf16"]:.2f} s), on a shared
+2-core CPU of the kind that trained it (the figure moves with the machine's load).
 
 {quant}
 ## Training

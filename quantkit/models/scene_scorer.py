@@ -154,6 +154,21 @@ def _relation_holds(relation: str, a: dict, b: dict) -> bool:
     return abs(dy) > abs(dx) and (dy > 0 if relation == "above" else dy < 0)
 
 
+def match_objects(scene: scenes.Scene, found: list[dict]) -> list[dict | None]:
+    """Rule 7: the seen object (an `analyze_scene` object) for each of the scene's named objects, in the scene's
+    order; None where no region is left for it."""
+    wanted = list(scene.objects)
+    if scene.form == "relation" and len(found) >= 2:
+        first, second = found[0], found[1]
+        straight = _agreement(wanted[0], first) + _agreement(wanted[1], second)
+        swapped = _agreement(wanted[0], second) + _agreement(wanted[1], first)
+        return [first, second] if straight >= swapped else [second, first]
+    if scene.form == "relation" and len(found) == 1:
+        best = 0 if _agreement(wanted[0], found[0]) >= _agreement(wanted[1], found[0]) else 1
+        return [found[0] if i == best else None for i in range(2)]
+    return [found[i] if i < len(found) else None for i in range(len(wanted))]
+
+
 def score_scene(image, prompt: str) -> dict:
     """Check `image` against `prompt` (rules in the module docstring).
 
@@ -163,22 +178,14 @@ def score_scene(image, prompt: str) -> dict:
 
     Returns:
         dict with background_ok, count_ok, color_ok, shape_ok (bools), size_ok, relation_ok (bool or None when
-        not asked), obj1_* / obj2_* per-object verdicts, n_objects (found), and seen (`analyze_scene`).
+        not asked), obj1_* / obj2_* per-object verdicts and the matched object's fill ratio (`obj1_fill_ratio`,
+        None without a match; what rule 5 read), n_objects (found), and seen (`analyze_scene`).
     """
     scene = scenes.parse_prompt(prompt)
     seen = analyze_scene(image)
     found = seen["objects"]
     wanted = list(scene.objects)
-    if scene.form == "relation" and len(found) >= 2:
-        first, second = found[0], found[1]
-        straight = _agreement(wanted[0], first) + _agreement(wanted[1], second)
-        swapped = _agreement(wanted[0], second) + _agreement(wanted[1], first)
-        matched = [first, second] if straight >= swapped else [second, first]
-    elif scene.form == "relation" and len(found) == 1:
-        best = 0 if _agreement(wanted[0], found[0]) >= _agreement(wanted[1], found[0]) else 1
-        matched = [found[0] if i == best else None for i in range(2)]
-    else:
-        matched = [found[i] if i < len(found) else None for i in range(len(wanted))]
+    matched = match_objects(scene, found)
 
     result: dict = {"background_ok": seen["background"] == scene.background, "count_ok": len(found) == len(wanted)}
     per_attribute: dict[str, list[bool]] = {"color": [], "shape": [], "size": []}
@@ -189,6 +196,7 @@ def score_scene(image, prompt: str) -> dict:
             result[f"obj{k}_{attribute}_ok"] = ok if asked else None
             if asked:
                 per_attribute[attribute].append(ok)
+        result[f"obj{k}_fill_ratio"] = obj["fill_ratio"] if obj is not None else None
     for attribute, verdicts in per_attribute.items():
         result[f"{attribute}_ok"] = all(verdicts) if verdicts else None
     if scene.form == "relation":

@@ -2,9 +2,9 @@
 
 `evaluate_scenes_folder(out)` loads the saved folder as a user would (`from_pretrained`, generation defaults
 applied), picks the generation defaults on *validation* pairs (`heldout_prompts(..., seed=1)`), then scores
-*held-out test* pairs (`seed=0`) per prompt form and attribute with `scene_scorer`, times a plain call, draws
-`grid.png`, and writes `training_report.json`, `heldout_scores.csv` and `README.md`
-(`model_card_scenes.write_scenes_card`).
+*held-out test* pairs (`seed=0`) per prompt form and attribute with `scene_scorer` and where their shapes are
+lost (`scene_fill`), times a plain call, draws `grid.png`, and writes `training_report.json`,
+`heldout_scores.csv` and `README.md` (`model_card_scenes.write_scenes_card`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quantkit.models import scene_scorer, scenes
+from quantkit.models import scene_fill, scene_scorer, scenes
 from quantkit.models.defaults import apply_generation_defaults, write_generation_defaults
 from quantkit.models.evaluation import generate, seconds_per_image, torch_threads
 from quantkit.models.tiny import nonconforming_linears
@@ -185,6 +185,7 @@ def evaluate_scenes_folder(
 
     table, summary = evaluate_scenes(pipe, TEST_PAIRS, seed=0)
     report["heldout"] = summary
+    report["shape_fill"] = scene_fill.stage_fills(pipe.vae, scene_pairs(TEST_PAIRS, seed=0), table)
     report["order_sensitivity"] = order_sensitivity(pipe, text_length=base.get("max_sequence_length", 16))
     log(f"order sensitivity (relative L2 of the velocity; text encoders' beside): {report['order_sensitivity']}")
     log(f"held-out: {_brief(summary)}")
