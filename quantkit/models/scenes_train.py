@@ -120,6 +120,10 @@ class ScenesConfig:
     # low-noise end of the path, where a small square's corners are drawn. Measured (issue 16, probe-bf16 + compile,
     # 3,850 steps, 300 held-out pairs, CFG 2): -0.5 all attributes 38%, -1.0 16%, against 51% at 0 - worse in every
     # attribute (relation shape 39 / 21% vs 55%): the noisy end, where layout and colour are set, needs the steps
+    # +0.5 on the hour preset's flow stage (the shipped VAE, 300 held-out pairs, CFG 2 / 12 steps, paired by
+    # scripts/compare_runs.py): at 2,500 steps all attributes 28 -> 34% (+5 [0, +10]), relation prompts all 16 -> 29%
+    # (+13 [+7, +20]); at the full 5,900 steps against the shipped weights all 65 -> 67% (+2 [-3, +7]), single shape
+    # 89 -> 90%, relation shape 69 -> 66%: it learns the relations sooner but the hour ends in the same place
     flow_logit_mean: float = 0.0
     flow_fg_weight: float = 1.0  # latent cells that cover an object, in the flow loss (`latent_cell_weights`)
     grad_clip: float = 1.0
