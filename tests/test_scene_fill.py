@@ -71,8 +71,8 @@ def test_the_shipped_vae_keeps_medium_and_large_shapes_apart(renders):
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(SCENES_PIPELINE_DIR / "vae").eval()
-    table = scene_scorer.score_scenes(list(renders), [p for p, _ in PAIRS])
-    stages = scene_fill.stage_fills(vae, PAIRS, generated_table=table)
+    table = scene_scorer.score_scenes(list(renders), [p for p, _ in PAIRS]).assign(seed=[s for _, s in PAIRS])
+    stages = scene_fill.stage_fills(vae, generated_table=table)
     assert set(stages) == {"renders", "vae", "generated"} and stages["renders"] == stages["generated"]
     for size in ("medium", "large"):
         circle, square = stages["vae"][f"circle {size}"], stages["vae"][f"square {size}"]

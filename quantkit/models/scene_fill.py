@@ -89,9 +89,11 @@ def render_pairs(pairs: list[tuple[str, int]]) -> np.ndarray:
     return np.stack([np.asarray(scenes.render_scene(prompt, seed=seed)) for prompt, seed in pairs])
 
 
-def stage_fills(vae, pairs: list[tuple[str, int]], generated_table) -> dict[str, dict]:
-    """`fill_summary` of the renders, their VAE reconstructions and the generated images' score table (the same
-    pairs), keyed "renders", "vae", "generated"."""
+def stage_fills(vae, generated_table) -> dict[str, dict]:
+    """`fill_summary` of the generated images' score table (`scenes_eval.evaluate_scenes`: prompt and seed
+    columns), of the dataset's renders of the same (prompt, seed) pairs and of their VAE reconstructions, keyed
+    "renders", "vae", "generated"."""
+    pairs = list(zip(generated_table["prompt"], generated_table["seed"], strict=True))
     prompts = [prompt for prompt, _ in pairs]
     renders = render_pairs(pairs)
     return {

@@ -185,7 +185,7 @@ def evaluate_scenes_folder(
 
     table, summary = evaluate_scenes(pipe, TEST_PAIRS, seed=0)
     report["heldout"] = summary
-    report["shape_fill"] = scene_fill.stage_fills(pipe.vae, scene_pairs(TEST_PAIRS, seed=0), table)
+    report["shape_fill"] = scene_fill.stage_fills(pipe.vae, table)
     report["order_sensitivity"] = order_sensitivity(pipe, text_length=base.get("max_sequence_length", 16))
     log(f"order sensitivity (relative L2 of the velocity; text encoders' beside): {report['order_sensitivity']}")
     log(f"held-out: {_brief(summary)}")
